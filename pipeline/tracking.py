@@ -1,0 +1,63 @@
+"""Weights & Biases, one run per stage, grouped per pipeline run.
+
+Group: `DVC_EXP_NAME` when DVC runs an experiment, else a hash of the composed
+params, so every stage of one build lands in one W&B group. Offline by default
+(runs land in `wandb/`; `wandb sync wandb/offline-run-*` uploads them later);
+`tracking.mode=disabled` turns it off, which the tests do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+from pipeline.config import Config
+
+
+def params_hash(cfg: Config) -> str:
+    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def run_group(cfg: Config) -> str:
+    return os.environ.get("DVC_EXP_NAME") or f"params-{params_hash(cfg)}"
+
+
+class Tracker:
+    """Thin wrapper so stages log the same way whether W&B is on or off."""
+
+    def __init__(self, cfg: Config, stage: str):
+        self.run = None
+        t = cfg.tracking
+        if t.mode == "disabled":
+            return
+        import wandb
+
+        os.makedirs(t.dir, exist_ok=True)
+        self.run = wandb.init(
+            project=t.project,
+            entity=t.entity,
+            mode=t.mode,
+            dir=t.dir,
+            group=run_group(cfg),
+            job_type=stage,
+            name=f"{stage}-{run_group(cfg)}",
+            config=cfg.model_dump(mode="json"),
+            reinit="finish_previous",
+            settings=wandb.Settings(silent=True, console="off"),
+        )
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        if self.run is not None:
+            self.run.log(metrics)
+
+    def summary(self, metrics: dict[str, Any]) -> None:
+        if self.run is not None:
+            self.run.summary.update(metrics)
+
+    def finish(self, ok: bool = True) -> None:
+        if self.run is not None:
+            self.run.finish(exit_code=0 if ok else 1)
+            self.run = None
