@@ -170,43 +170,126 @@ class DataConfig(Strict):
         return v
 
 
-# --- ladder, router, cascade -------------------------------------------------
-# The ladder, router and cascade stages arrive in later issues; their groups
-# are validated now so `dvc exp run -S ladder=...` fails fast from day one.
+# --- ladder ------------------------------------------------------------------
+# A rung is a recipe across granularities, applied coarse to fine, or a budget
+# the allocator meets from calibration. Counts are absolute (relative to the
+# base model), so a nested child simply asks for at least as much pruning as
+# its parent; the prune stage checks that against the real model shapes.
+
+Granularity = Literal["layers", "kv_heads", "q_heads", "mlp"]
+
+
+class LayerStep(Strict):
+    drop: Annotated[int, Field(ge=0)]  # decoder layers removed in total
+    metric: Literal["block_influence", "angular_distance"] = "block_influence"
+
+
+class AttentionStep(Strict):
+    kv_heads: PositiveInt | None = None  # KV groups kept per layer (None: all)
+    q_per_kv: PositiveInt | None = None  # query heads kept per KV group (None: all)
+
+
+class MlpStep(Strict):
+    keep: Annotated[float, Field(gt=0.0, le=1.0)]  # share of MLP channels kept
+    multiple_of: PositiveInt = 8  # round the kept width for friendlier kernels
+
+
+class WeightStep(Strict):
+    method: Literal["sparsegpt", "wanda", "magnitude"]
+    sparsity: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.5  # ignored when pattern is set
+    pattern: str | None = None  # "N:M": at most N non-zeros in every M consecutive inputs, e.g. "2:4"
+    owl: bool = False  # OWL layer-wise sparsity from calibration outlier ratios
+    owl_m: Annotated[float, Field(gt=0.0)] = 5.0
+    owl_lambda: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.08
+
+    @field_validator("pattern")
+    @classmethod
+    def _nm(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        m = re.fullmatch(r"(\d+):(\d+)", v)
+        if not m or not 0 < int(m.group(1)) < int(m.group(2)):
+            raise ValueError(f"pattern must be 'N:M' with 0 < N < M (e.g. '2:4'), got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _owl_unstructured(self) -> "WeightStep":
+        if self.owl and self.pattern:
+            raise ValueError("owl applies to unstructured sparsity; drop owl or pattern")
+        return self
+
+    def nm(self) -> tuple[int, int] | None:
+        """(kept, group) for an N:M pattern: '2:4' keeps 2 of every 4 (NVIDIA's convention)."""
+        if not self.pattern:
+            return None
+        n, m = (int(x) for x in self.pattern.split(":"))
+        return n, m
+
+
+class Recipe(Strict):
+    layers: LayerStep | None = None
+    attention: AttentionStep | None = None
+    mlp: MlpStep | None = None
+    weights: WeightStep | None = None
 
 
 class RungConfig(Strict):
-    name: Slug
-    # Either a recipe across granularities or a budget the allocator meets.
-    recipe: dict[str, Any] | None = None
-    target_flops: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
-    target_params: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    parent: Slug  # 'dense' or an earlier rung: the checkpoint this rung is cut from
+    recipe: Recipe | None = None
+    target_flops: Annotated[float, Field(gt=0.0, le=1.0)] | None = None  # x dense FLOPs/token
+    target_params: Annotated[float, Field(gt=0.0, le=1.0)] | None = None  # x dense params
 
     @model_validator(mode="after")
     def _one_spec(self) -> "RungConfig":
-        given = [k for k in ("recipe", "target_flops", "target_params") if getattr(self, k) is not None]
-        if len(given) != 1:
+        targets = [k for k in ("target_flops", "target_params") if getattr(self, k) is not None]
+        if len(targets) > 1:
+            raise ValueError("give target_flops or target_params, not both")
+        if not targets and self.recipe is None:
+            raise ValueError("a rung needs a recipe or a target (target_flops / target_params)")
+        if targets and self.recipe is not None and any(
+            getattr(self.recipe, k) is not None for k in ("layers", "attention", "mlp")
+        ):
             raise ValueError(
-                f"rung '{self.name}' needs exactly one of recipe, target_flops, target_params; got {given or 'none'}"
+                "with a target the allocator chooses layers/attention/mlp; the recipe may only add a weights step"
             )
         return self
 
 
+class AllocatorConfig(Strict):
+    """Greedy budget allocation: cut the unit with least calibration-loss increase per FLOP saved."""
+
+    granularities: list[Granularity] = ["layers", "kv_heads", "q_heads", "mlp"]
+    eval_blocks: PositiveInt = 4  # calibration blocks used to score each candidate cut
+    mlp_step: Annotated[float, Field(gt=0.0, le=0.5)] = 0.0625  # share of base MLP width per move
+
+
+class HealConfig(Strict):
+    enabled: bool = False
+    steps: PositiveInt = 50
+    lr: Annotated[float, Field(gt=0.0, lt=1.0)] = 1e-4
+    temperature: Annotated[float, Field(gt=0.0)] = 1.0
+    batch_size: PositiveInt = 4
+
+
 class LadderConfig(Strict):
     name: Slug
-    nested: bool = True
-    heal: bool = False
-    rungs: list[RungConfig]
+    rungs: dict[Slug, RungConfig]  # name -> spec, in build order (DVC stages prune@<name>)
+    allocator: AllocatorConfig = AllocatorConfig()
+    heal: HealConfig = HealConfig()
+    weight_calibration_blocks: PositiveInt = 64  # blocks llmcompressor sees for SparseGPT/Wanda
 
     @field_validator("rungs")
     @classmethod
-    def _unique(cls, v: list[RungConfig]) -> list[RungConfig]:
-        names = [r.name for r in v]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"rung names must be unique; repeated: {dup}")
-        if "dense" in names:
+    def _chain(cls, v: dict[str, RungConfig]) -> dict[str, RungConfig]:
+        if not v:
+            raise ValueError("a ladder needs at least one rung")
+        if "dense" in v:
             raise ValueError("'dense' is reserved for the unpruned base rung")
+        seen = {"dense"}
+        for name, r in v.items():
+            if r.parent not in seen:
+                raise ValueError(f"rung '{name}': parent '{r.parent}' must be 'dense' or a rung listed before it")
+            seen.add(name)
         return v
 
 

@@ -99,10 +99,12 @@ def test_mandatory_value_left_unset_is_named():
 
 
 def test_bad_rung_specs_fail():
-    msg = _error(tiny_config(["ladder.rungs=[{name: a, target_flops: 0.5}, {name: a, target_flops: 0.4}]"]))
-    assert "ladder.rungs" in msg and "unique" in msg
-    msg = _error(tiny_config(["ladder.rungs=[{name: b, target_flops: 1.5}]"]))
-    assert "ladder.rungs.0.target_flops" in msg
+    msg = _error(tiny_config(["ladder.rungs={dense: {parent: dense, target_flops: 0.5}}"]))
+    assert "ladder.rungs" in msg and "reserved" in msg
+    msg = _error(tiny_config(["ladder.rungs={b: {parent: dense, target_flops: 1.5}}"]))
+    assert "ladder.rungs.b.target_flops" in msg
+    msg = _error(tiny_config(["ladder.rungs={c: {parent: dense}}"]))
+    assert "ladder.rungs.c" in msg and "needs a recipe or a target" in msg
 
 
 def test_missing_params_file_is_clear(tmp_path):
