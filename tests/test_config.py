@@ -99,11 +99,11 @@ def test_mandatory_value_left_unset_is_named():
 
 
 def test_bad_rung_specs_fail():
-    msg = _error(tiny_config(["ladder.rungs={dense: {parent: dense, target_flops: 0.5}}"]))
+    msg = _error(tiny_config(["+ladder.rungs.dense={parent: dense, target_flops: 0.5}"]))
     assert "ladder.rungs" in msg and "reserved" in msg
-    msg = _error(tiny_config(["ladder.rungs={b: {parent: dense, target_flops: 1.5}}"]))
+    msg = _error(tiny_config(["+ladder.rungs.b={parent: dense, target_flops: 1.5}"]))
     assert "ladder.rungs.b.target_flops" in msg
-    msg = _error(tiny_config(["ladder.rungs={c: {parent: dense}}"]))
+    msg = _error(tiny_config(["+ladder.rungs.c={parent: dense}"]))
     assert "ladder.rungs.c" in msg and "needs a recipe or a target" in msg
 
 
