@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: setup repro test params bench-base clean
+.PHONY: setup repro test params bench-ladder clean
 
 setup: $(VENV)/.installed
 
@@ -37,3 +37,7 @@ params: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# Benchmarks print figures; they are not tests.
+bench-ladder: setup
+	$(BIN)/python benchmarks/build_ladder.py --with-calibrate

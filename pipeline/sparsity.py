@@ -57,6 +57,8 @@ def prune_weights(model: nn.Module, step: WeightStep, blocks: torch.Tensor,
         magnitude_prune(model, sparsity, step.nm())
         return {"method": "magnitude", "layer_sparsity": sparsity, "pattern": step.pattern}
 
+    # llmcompressor logs every layer's SparseGPT error at INFO; keep the build log readable.
+    os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "ERROR")
     import datasets
     import yaml
     from llmcompressor import oneshot

@@ -64,7 +64,11 @@ def test_dvc_repro_then_exp_run_on_tiny_preset(repo_copy):
     summary = json.loads((repo / "artifacts/data/summary.json").read_text())
     assert summary["items"] == 6 * 12
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"base", "data"}
+    rungs = list(tiny_config()["ladder"]["rungs"])
+    assert set(lock["stages"]) >= {"base", "data", "calibrate", "dense", *[f"prune@{r}" for r in rungs]}
+    for r in ["dense", *rungs]:
+        report = json.loads((repo / f"artifacts/ladder/{r}/pruning_report.json").read_text())
+        assert report["rung"] == r
 
     # Nothing changed: nothing reruns.
     again = _sh([*dvc, "repro"], repo, env)
@@ -76,6 +80,8 @@ def test_dvc_repro_then_exp_run_on_tiny_preset(repo_copy):
     _sh(["git", "commit", "-qm", "lock"], repo, env)
     exp = _sh([*dvc, "exp", "run", "-S", "+experiment=tiny", "-S", "data.tasks.piqa.cap=3"], repo, env)
     assert "data: read" in exp and "base: read" not in exp
+    # Calibration blocks did not change (only task items did): nothing downstream of them reruns.
+    assert "calibrate: read" not in exp and "prune: read" not in exp
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["data"]["tasks"]["piqa"]["cap"] == 3 and params["model"]["name"] == "tiny-llama"
     summary = json.loads((repo / "artifacts/data/summary.json").read_text())

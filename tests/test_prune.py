@@ -159,3 +159,27 @@ def test_child_less_pruned_than_parent_is_refused(tiny_ladder, tmp_path):
     with pytest.raises(SystemExit, match="sub-network of its parent"):
         prune.main(["--params", str(params), "--rung", "wider", "--ladder-dir", str(tiny_ladder / "ladder"),
                     "--base", str(tiny_ladder / "ladder" / "dense")])
+
+
+def test_healing_distills_and_keeps_zeros(tiny_ladder, tmp_path):
+    raw = tiny_config(["ladder.heal.enabled=true", "ladder.heal.steps=3", "ladder.heal.lr=0.001"])
+    raw["ladder"]["rungs"] = {"healed": {"parent": "dense", "recipe": {
+        "mlp": {"keep": 0.5}, "weights": {"method": "magnitude", "sparsity": 0.5}}}}
+    params = write_params(tmp_path / "params.yaml", raw)
+    ladder_dir = tmp_path / "ladder"
+    (ladder_dir).mkdir()
+    import shutil
+
+    shutil.copytree(tiny_ladder / "ladder" / "dense", ladder_dir / "dense")
+    prune.main(["--params", str(params), "--rung", "healed", "--base", str(tiny_ladder / "ladder" / "dense"),
+                "--data", str(tiny_ladder / "data"), "--calibration", str(tiny_ladder / "calibrate"),
+                "--ladder-dir", str(ladder_dir)])
+    import yaml
+
+    steps = yaml.safe_load((ladder_dir / "healed" / "recipe.yaml").read_text())["steps"]
+    heal = next(s["heal"] for s in steps if "heal" in s)
+    assert heal["steps"] == 3 and heal["kl_last"] >= 0
+    rep = json.loads((ladder_dir / "healed" / "pruning_report.json").read_text())
+    # Healing must not refill pruned weights: up_proj stays at the magnitude step's 50%.
+    assert abs(rep["module_sparsity"]["model.layers.0.mlp.up_proj"] - 0.5) < 0.01
+    assert rep["counts"]["mlp"] == 64

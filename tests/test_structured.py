@@ -139,3 +139,37 @@ def test_magnitude_unstructured_sparsity_per_row():
     for layer, s in zip(m.model.layers, [0.25, 0.5, 0.5, 0.75]):
         w = layer.mlp.up_proj.weight
         assert abs(1 - int(w.count_nonzero()) / w.numel() - s) < 0.02
+
+
+def test_cost_counters_on_known_shapes():
+    from pipeline.cost import config_flops_per_token, model_cost
+
+    m = tiny()
+    hidden, inter, L, vocab, ctx = 48, 48, 4, 128, 256
+    proj = hidden * HD * (H + KV + KV + H) + 3 * hidden * inter  # q, k, v, o, gate, up, down
+    expected = L * (2 * proj + 4 * H * HD * ctx) + 2 * vocab * hidden
+    c = model_cost(m, context=ctx)
+    assert c["flops_per_token"] == expected == config_flops_per_token(L, hidden, H, KV, HD, inter, vocab, ctx)
+    # Params: tied embedding counted once; norms included.
+    assert c["params"] == vocab * hidden + L * (proj + 2 * hidden) + hidden
+    with torch.no_grad():
+        m.model.layers[0].mlp.up_proj.weight[:, :10] = 0
+    c2 = model_cost(m, context=ctx)
+    assert c2["nonzero_params"] == c["nonzero_params"] - 10 * inter
+    assert c2["nonzero_flops_per_token"] == c["nonzero_flops_per_token"] - 2 * 10 * inter
+    assert c2["flops_per_token"] == c["flops_per_token"]  # zeros cost the same on dense kernels
+
+
+def test_allocator_cost_model_matches_the_pruned_model():
+    from pipeline.cost import model_cost
+    from pipeline.ladder import BaseShape, Counts
+
+    m = tiny()
+    base = BaseShape.from_config(m.config)
+    drop_layers(m, [1])
+    prune_heads(m, keep_q=[[0, 1, 3, 4]] * 3, keep_kv=[[0, 1]] * 3)
+    prune_mlp(m, [list(range(40))] * 3)
+    counts = Counts(layers=3, kv_heads=2, q_per_kv=2, mlp=40)
+    c = model_cost(m)
+    assert counts.flops(base) == c["flops_per_token"]
+    assert counts.params(base) == c["params"]
