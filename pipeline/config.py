@@ -293,6 +293,29 @@ class LadderConfig(Strict):
         return v
 
 
+class EvaluateConfig(Strict):
+    """How rungs are scored and timed (`evaluate@<rung>`)."""
+
+    batch_tokens: PositiveInt = 4096  # padded tokens per scoring forward pass
+    prediction: Literal["acc", "acc_norm"] = "acc_norm"  # which score picks a rung's answer
+    routing_cost: Literal["latency", "flops"] = "latency"  # the cost router and cascade trade against
+    latency_prompt_lengths: list[PositiveInt] = [64, 256]
+    routing_prompt_length: PositiveInt = 256  # whose latency is the routing cost
+    throughput_batch: PositiveInt = 8
+    throughput_length: PositiveInt = 256
+    warmup: Annotated[int, Field(ge=0)] = 2
+    repeats: PositiveInt = 5
+
+    @model_validator(mode="after")
+    def _routing_length_measured(self) -> "EvaluateConfig":
+        if self.routing_prompt_length not in self.latency_prompt_lengths:
+            raise ValueError(
+                f"routing_prompt_length {self.routing_prompt_length} must be one of "
+                f"latency_prompt_lengths {self.latency_prompt_lengths}"
+            )
+        return self
+
+
 class RouterConfig(Strict):
     features: Literal["minilm", "hidden_state"] = "minilm"
     target: Literal["accuracy", "budget"] = "accuracy"
@@ -319,15 +342,34 @@ class TrackingConfig(Strict):
 
 class Config(Strict):
     seed: Annotated[int, Field(ge=0)] = 0
+    rungs: list[str]  # "dense" then every ladder rung: composed by the ladder_rungs resolver
     model: ModelConfig
     data: DataConfig
     ladder: LadderConfig
+    evaluate: EvaluateConfig = EvaluateConfig()
     router: RouterConfig = RouterConfig()
     cascade: CascadeConfig = CascadeConfig()
     tracking: TrackingConfig = TrackingConfig()
 
 
+    @model_validator(mode="after")
+    def _rungs_match_ladder(self) -> "Config":
+        expected = ["dense", *self.ladder.rungs]
+        if self.rungs != expected:
+            raise ValueError(f"rungs is {self.rungs} but the ladder composes {expected}: recompose params.yaml")
+        return self
+
+
 # --- loading -----------------------------------------------------------------
+
+
+def register_resolvers() -> None:
+    """`${ladder_rungs:${ladder.rungs}}` -> ["dense", <rung names>]: a plain list DVC's
+    `foreach` can iterate, so per-rung stages are named `evaluate@dense`, `evaluate@f90`, ..."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("ladder_rungs"):
+        OmegaConf.register_new_resolver("ladder_rungs", lambda rungs: ["dense", *rungs.keys()])
 
 
 class ConfigError(ValueError):
@@ -391,6 +433,7 @@ def compose(overrides: list[str] | None = None, config_dir: Path = CONF_DIR) -> 
     from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
+    register_resolvers()
     with initialize_config_dir(config_dir=str(config_dir), version_base=None):
         cfg = hydra_compose(config_name="config", overrides=list(overrides or []))
     return OmegaConf.to_container(cfg, resolve=True)

@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+    from pipeline.assets import sha256_file
     from pipeline.atomic import atomic_dir
     from pipeline.cost import model_cost, module_sparsity
     from pipeline.importance import Importance
@@ -150,6 +151,7 @@ def main(argv: list[str] | None = None) -> None:
             # save_pretrained to write its own recipe and compression config.
             PreTrainedModel.save_pretrained(model, tmp, safe_serialization=True)
             tok.save_pretrained(tmp)
+            report["weights_sha256"] = {p.name: sha256_file(p) for p in sorted(tmp.glob("*.safetensors"))}
             (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe_out, sort_keys=False))
             (tmp / "pruning_report.json").write_text(json.dumps(report, indent=2) + "\n")
             (tmp / "README.md").write_text(_model_card(name, report, recipe_out, st.cfg.model.name))

@@ -1,0 +1,154 @@
+"""Stage `evaluate@<rung>`: quality, per-query confidence and measured cost of one rung.
+
+Reads `artifacts/ladder/<rung>/` and `artifacts/data/`; writes `--out`
+(default artifacts/eval/<rung>/):
+- `records.jsonl`: one line per task item (every split): id, task, split, gold,
+  per-choice log-likelihoods, predicted / correct under `acc` and `acc_norm`,
+  confidence signals (max softmax probability, margin, entropy, each also on
+  length-normalised scores) and tokens processed;
+- `metrics.json` (DVC metrics): perplexity, per-task acc / acc_norm (all items
+  and test split), cost (params, non-zeros, FLOPs/token, bytes on disk, peak
+  memory, latency, throughput) and the routing cost.
+
+`acc` and `acc_norm` are lm-evaluation-harness's: argmax of the summed
+log-likelihood, and of that divided by the character length of the choice
+(without the leading delimiter).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from pipeline.stage import begin
+
+
+def _args(ap):
+    ap.add_argument("--rung", required=True)
+    ap.add_argument("--ladder-dir", default="artifacts/ladder")
+    ap.add_argument("--data", default="artifacts/data")
+    ap.add_argument("--out", default=None, help="default: artifacts/eval/<rung>")
+
+
+def record_for(item: dict, scored: dict) -> dict:
+    """One per-query record: predictions under acc and acc_norm, and confidence signals."""
+    from pipeline.scoring import confidence
+    from pipeline.tasks import DELIM
+
+    lls = scored["loglik"]
+    chars = [max(1, len(c[len(DELIM):] if c.startswith(DELIM) else c)) for c in item["choices"]]
+    norm = [ll / n for ll, n in zip(lls, chars)]
+    pred = max(range(len(lls)), key=lambda i: lls[i])
+    pred_norm = max(range(len(norm)), key=lambda i: norm[i])
+    conf = confidence(lls)
+    conf_norm = confidence(norm)
+    return {
+        "id": item["id"], "task": item["task"], "split": item["split"], "gold": item["gold"],
+        "loglik": lls, "choice_chars": chars,
+        "pred": pred, "correct": pred == item["gold"],
+        "pred_norm": pred_norm, "correct_norm": pred_norm == item["gold"],
+        "greedy_gold": scored["greedy"][item["gold"]],
+        **{k: v for k, v in conf.items()},
+        **{f"{k}_norm": v for k, v in conf_norm.items()},
+        "tokens": scored["tokens"],
+    }
+
+
+def task_metrics(records: list[dict]) -> dict:
+    by = defaultdict(list)
+    for r in records:
+        by[r["task"]].append(r)
+    out = {}
+    for task, rs in sorted(by.items()):
+        test = [r for r in rs if r["split"] == "test"]
+        out[task] = {
+            "acc": sum(r["correct"] for r in rs) / len(rs),
+            "acc_norm": sum(r["correct_norm"] for r in rs) / len(rs),
+            "n": len(rs),
+            "test_acc_norm": sum(r["correct_norm"] for r in test) / len(test) if test else None,
+            "test_n": len(test),
+        }
+    n = len(records)
+    out["mean"] = {  # unweighted mean over tasks, as lm-eval groups report
+        "acc": sum(v["acc"] for v in out.values()) / len(by),
+        "acc_norm": sum(v["acc_norm"] for v in out.values()) / len(by),
+        "n": n,
+    }
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    st = begin("evaluate", _args, argv)
+    cfg, args = st.cfg, st.args
+    if args.rung not in cfg.rungs:
+        raise SystemExit(f"evaluate: no rung '{args.rung}'; rungs: {cfg.rungs}")
+    rung_dir = Path(args.ladder_dir) / args.rung
+    out = Path(args.out or f"artifacts/eval/{args.rung}")
+
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.atomic import atomic_dir
+    from pipeline.checkpoint import verify_rung
+    from pipeline.cost import model_cost
+    from pipeline.measure import checkpoint_bytes, measure_speed, peak_rss_mb
+    from pipeline.scoring import encode_item, perplexity, score_choices
+
+    e = cfg.evaluate
+    with st.tracked() as tracker:
+        verify_rung(rung_dir)
+        model = AutoModelForCausalLM.from_pretrained(rung_dir, dtype=torch.float32).eval()
+        tok = AutoTokenizer.from_pretrained(rung_dir)
+        items = [json.loads(line) for line in (Path(args.data) / "tasks.jsonl").read_text().splitlines()]
+        held = load_file(str(Path(args.data) / "heldout.safetensors"))["input_ids"]
+
+        t0 = time.perf_counter()
+        ppl = perplexity(model, held, desc=f"{args.rung}: perplexity")
+        max_len = min(getattr(model.config, "max_position_embeddings", 2048), 4096)
+        encoded = [encode_item(tok, it["context"], it["choices"], max_len) for it in items]
+        t1 = time.perf_counter()
+        scored = score_choices(model, encoded, e.batch_tokens, desc=f"{args.rung}: tasks")
+        score_secs = time.perf_counter() - t1
+        records = [record_for(it, s) for it, s in zip(items, scored)]
+        tokens = sum(r["tokens"] for r in records)
+
+        cost = model_cost(model)
+        speed = measure_speed(model, model.config.vocab_size, e.latency_prompt_lengths, e.throughput_batch,
+                              e.throughput_length, e.warmup, e.repeats, seed=cfg.seed)
+        routing_cost = (speed["latency_ms"][str(e.routing_prompt_length)] if e.routing_cost == "latency"
+                        else cost["flops_per_token"])
+        metrics = {
+            "rung": args.rung,
+            "perplexity": ppl,
+            "tasks": task_metrics(records),
+            "cost": {**cost, "checkpoint_bytes": checkpoint_bytes(rung_dir), **speed,
+                     "peak_rss_mb": peak_rss_mb(),
+                     "unstructured_zeros_note": "zeros inside dense tensors run at dense speed on CPU"},
+            "routing_cost": {"kind": e.routing_cost, "value": routing_cost,
+                             "unit": "ms" if e.routing_cost == "latency" else "FLOPs/token"},
+            "scoring": {"items": len(records), "tokens": tokens, "seconds": round(score_secs, 2),
+                        "tokens_per_second": round(tokens / score_secs, 1)},
+            "seconds": round(time.perf_counter() - t0, 2),
+            "prediction": e.prediction,
+        }
+        with atomic_dir(out) as tmp:
+            with open(tmp / "records.jsonl", "w", encoding="utf-8") as fh:
+                for r in records:
+                    fh.write(json.dumps(r) + "\n")
+            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        tracker.summary({"perplexity": ppl["perplexity"], "tokens_per_second": metrics["scoring"]["tokens_per_second"],
+                         **{f"{t}/acc_norm": v["acc_norm"] for t, v in metrics["tasks"].items()},
+                         "latency_ms": routing_cost if e.routing_cost == "latency" else None})
+    st.done(
+        read=f"{rung_dir}, {len(items)} items, {held.numel()} held-out tokens",
+        wrote=f"{out}/ (ppl {ppl['perplexity']:.2f}, mean acc_norm {metrics['tasks']['mean']['acc_norm']:.3f}, "
+        f"{metrics['scoring']['tokens_per_second']:.0f} tok/s scoring, latency@{e.routing_prompt_length} "
+        f"{speed['latency_ms'][str(e.routing_prompt_length)]:.1f} ms)",
+    )
+
+
+if __name__ == "__main__":
+    main()

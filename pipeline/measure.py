@@ -1,0 +1,51 @@
+"""Measured cost on this machine: latency, throughput, peak memory, size on disk.
+
+Latency: one forward pass over a prompt of fixed length (batch 1, no cache), the
+median of `repeats` runs after `warmup` runs. Throughput: tokens per second of
+batched forward passes (batch x length tokens per pass), median over repeats.
+Peak memory: the process's maximum resident set size (one stage = one rung =
+one process, so it covers loading the rung and every measurement above).
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def _median_seconds(model: nn.Module, ids: torch.Tensor, warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        model(input_ids=ids, use_cache=False)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        model(input_ids=ids, use_cache=False)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def measure_speed(model: nn.Module, vocab: int, prompt_lengths: list[int], batch: int, batch_len: int,
+                  warmup: int, repeats: int, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    latency = {}
+    for n in prompt_lengths:
+        ids = torch.randint(0, vocab, (1, n), generator=g)
+        latency[str(n)] = 1000 * _median_seconds(model, ids, warmup, repeats)
+    ids = torch.randint(0, vocab, (batch, batch_len), generator=g)
+    secs = _median_seconds(model, ids, warmup=1, repeats=max(1, repeats // 2))
+    return {"latency_ms": latency, "throughput_tokens_per_s": batch * batch_len / secs,
+            "throughput_shape": [batch, batch_len], "threads": torch.get_num_threads()}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def checkpoint_bytes(rung_dir: Path) -> int:
+    return sum(p.stat().st_size for p in Path(rung_dir).glob("*.safetensors"))
