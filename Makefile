@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: setup repro test params bench-ladder clean
+.PHONY: setup repro test params bench-ladder bench-eval compare-baselines clean
 
 setup: $(VENV)/.installed
 
@@ -41,3 +41,9 @@ clean:
 # Benchmarks print figures; they are not tests.
 bench-ladder: setup
 	$(BIN)/python benchmarks/build_ladder.py --with-calibrate
+
+compare-baselines: setup
+	$(BIN)/python benchmarks/compare_baselines.py
+
+bench-eval: setup
+	$(BIN)/python benchmarks/evaluate_ladder.py

@@ -114,7 +114,7 @@ def score_choices(model: nn.Module, encoded: list[Encoded], batch_tokens: int = 
                 # from the context's last position. Only those rows go through lm_head: most
                 # tokens are context, so this skips most of the vocabulary projection.
                 prev = torch.cat([torch.tensor([L - 1] + list(range(s, t - 1))) for s, t in spans[b]])
-                logp = head(hidden[b, prev]).float().log_softmax(-1)
+                logp = head(hidden[b, prev]).double().log_softmax(-1)
                 lls, greedy, k = [], [], 0
                 for cont in e.continuations:
                     rows, target = logp[k:k + len(cont)], torch.tensor(cont)

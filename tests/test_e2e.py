@@ -69,6 +69,10 @@ def test_dvc_repro_then_exp_run_on_tiny_preset(repo_copy):
     for r in ["dense", *rungs]:
         report = json.loads((repo / f"artifacts/ladder/{r}/pruning_report.json").read_text())
         assert report["rung"] == r
+        assert (repo / f"artifacts/eval/{r}/metrics.json").exists()
+    assert (repo / "artifacts/report/ladder.csv").read_text().count("\n") == 1 + 1 + len(rungs)
+    metrics = _sh([*dvc, "metrics", "show", "--json"], repo, env)
+    assert "acc_norm" in metrics and "perplexity" in metrics
 
     # Nothing changed: nothing reruns.
     again = _sh([*dvc, "repro"], repo, env)
@@ -82,6 +86,7 @@ def test_dvc_repro_then_exp_run_on_tiny_preset(repo_copy):
     assert "data: read" in exp and "base: read" not in exp
     # Calibration blocks did not change (only task items did): nothing downstream of them reruns.
     assert "calibrate: read" not in exp and "prune: read" not in exp
+    assert "evaluate: read" in exp  # task items changed: every rung is re-scored
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["data"]["tasks"]["piqa"]["cap"] == 3 and params["model"]["name"] == "tiny-llama"
     summary = json.loads((repo / "artifacts/data/summary.json").read_text())

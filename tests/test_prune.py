@@ -24,6 +24,7 @@ def tiny_ladder(tiny_base, tmp_path_factory) -> Path:
     raw = tiny_config()
     raw["ladder"]["rungs"]["wanda60"] = {"parent": "wanda50",
                                          "recipe": {"weights": {"method": "wanda", "sparsity": 0.6}}}
+    raw["rungs"].append("wanda60")
     params = str(write_params(root / "params.yaml", raw))
     common = ["--params", params]
     data.main([*common, "--base", str(tiny_base), "--out", str(root / "data")])
@@ -155,6 +156,7 @@ def test_impossible_recipes_fail_before_loading_a_model(tiny_ladder, tmp_path, o
 def test_child_less_pruned_than_parent_is_refused(tiny_ladder, tmp_path):
     raw = tiny_config()
     raw["ladder"]["rungs"]["wider"] = {"parent": "mixed", "recipe": {"mlp": {"keep": 1.0}}}
+    raw["rungs"].append("wider")
     params = write_params(tmp_path / "params.yaml", raw)
     with pytest.raises(SystemExit, match="sub-network of its parent"):
         prune.main(["--params", str(params), "--rung", "wider", "--ladder-dir", str(tiny_ladder / "ladder"),
@@ -165,6 +167,7 @@ def test_healing_distills_and_keeps_zeros(tiny_ladder, tmp_path):
     raw = tiny_config(["ladder.heal.enabled=true", "ladder.heal.steps=3", "ladder.heal.lr=0.001"])
     raw["ladder"]["rungs"] = {"healed": {"parent": "dense", "recipe": {
         "mlp": {"keep": 0.5}, "weights": {"method": "magnitude", "sparsity": 0.5}}}}
+    raw["rungs"] = ["dense", "healed"]
     params = write_params(tmp_path / "params.yaml", raw)
     ladder_dir = tmp_path / "ladder"
     (ladder_dir).mkdir()
