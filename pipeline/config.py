@@ -366,10 +366,12 @@ class Config(Strict):
 def register_resolvers() -> None:
     """`${ladder_rungs:${ladder.rungs}}` -> ["dense", <rung names>]: a plain list DVC's
     `foreach` can iterate, so per-rung stages are named `evaluate@dense`, `evaluate@f90`, ..."""
-    from omegaconf import OmegaConf
+    from omegaconf import ListConfig, OmegaConf
 
+    # A ListConfig, not a list: DVC resolves the composed config in place (OmegaConf.resolve),
+    # which accepts only config nodes and primitives.
     if not OmegaConf.has_resolver("ladder_rungs"):
-        OmegaConf.register_new_resolver("ladder_rungs", lambda rungs: ["dense", *rungs.keys()])
+        OmegaConf.register_new_resolver("ladder_rungs", lambda rungs: ListConfig(["dense", *rungs.keys()]))
 
 
 class ConfigError(ValueError):
@@ -436,7 +438,8 @@ def compose(overrides: list[str] | None = None, config_dir: Path = CONF_DIR) -> 
     register_resolvers()
     with initialize_config_dir(config_dir=str(config_dir), version_base=None):
         cfg = hydra_compose(config_name="config", overrides=list(overrides or []))
-    return OmegaConf.to_container(cfg, resolve=True)
+    OmegaConf.resolve(cfg)  # the same in-place resolution DVC's compose_and_dump does
+    return OmegaConf.to_container(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
