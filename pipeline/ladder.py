@@ -19,6 +19,7 @@ from tqdm import tqdm
 from pipeline.config import AllocatorConfig, Recipe
 from pipeline.cost import config_flops_per_token
 from pipeline.importance import Importance, decoder_layers
+from pipeline.scoring import perplexity
 from pipeline.structured import drop_layers, prune_heads, prune_mlp
 
 
@@ -217,17 +218,9 @@ def _scale(mask: torch.Tensor):
     return hook
 
 
-@torch.no_grad()
-def lm_loss(model: nn.Module, blocks: torch.Tensor, batch_size: int = 4) -> float:
-    """Mean next-token cross-entropy over `blocks` (token-weighted)."""
-    total, n = 0.0, 0
-    for s in range(0, len(blocks), batch_size):
-        x = blocks[s:s + batch_size]
-        logits = model(input_ids=x, use_cache=False).logits[:, :-1].float()
-        total += nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
-                                             reduction="sum").item()
-        n += x[:, 1:].numel()
-    return total / n
+def lm_loss(model: nn.Module, blocks: torch.Tensor) -> float:
+    """Mean next-token cross-entropy over `blocks`, as the evaluation's perplexity defines it."""
+    return perplexity(model, blocks, progress=False)["nll_per_token"]
 
 
 @dataclass

@@ -137,9 +137,10 @@ def confidence(scores: list[float]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def perplexity(model: nn.Module, blocks: torch.Tensor, batch_size: int = 4, desc: str = "perplexity") -> dict:
+def perplexity(model: nn.Module, blocks: torch.Tensor, batch_size: int = 4, desc: str = "perplexity",
+               progress: bool = True) -> dict:
     total, n = 0.0, 0
-    for s in tqdm(range(0, len(blocks), batch_size), desc=desc, unit="batch"):
+    for s in tqdm(range(0, len(blocks), batch_size), desc=desc, unit="batch", disable=not progress):
         x = blocks[s:s + batch_size]
         logits = model(input_ids=x, use_cache=False).logits[:, :-1].float()
         total += nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
