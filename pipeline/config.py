@@ -317,20 +317,27 @@ class EvaluateConfig(Strict):
 
 
 class RouterConfig(Strict):
+    """Query -> P(each rung answers correctly); the cheapest rung above a threshold (`router`)."""
+
     features: Literal["minilm", "hidden_state"] = "minilm"
-    target: Literal["accuracy", "budget"] = "accuracy"
-    epsilon: Annotated[float, Field(ge=0.0, le=1.0)] = 0.02
-    budget: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    target: Literal["accuracy", "budget"] = "accuracy"  # what the threshold is chosen to meet
+    epsilon: Annotated[float, Field(ge=0.0, le=1.0)] = 0.02  # accuracy target: within epsilon of dense
+    budget: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5  # budget target: mean cost <= budget x dense
     hidden_dim: PositiveInt = 128
-    epochs: PositiveInt = 200
-    lr: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-3
+    epochs: PositiveInt = 300
+    lr: Annotated[float, Field(gt=0.0, le=1.0)] = 3e-4
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.01
 
 
 class CascadeConfig(Strict):
-    signal: Literal["msp", "margin", "entropy", "msp_norm", "margin_norm", "entropy_norm"] = "msp"
-    method: Literal["ltt", "quantile"] = "ltt"
-    epsilon: Annotated[float, Field(ge=0.0, le=1.0)] = 0.02
-    delta: Fraction = 0.1
+    """Start at the cheapest rung, escalate while its confidence is low (`cascade`)."""
+
+    signal: Literal["msp", "margin", "entropy", "msp_norm", "margin_norm", "entropy_norm"] = "msp_norm"
+    method: Literal["ltt", "quantile"] = "ltt"  # which rule's thresholds the manifest deploys
+    epsilon: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05  # tolerated accuracy drop against dense
+    delta: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1  # P(drop > epsilon) <= delta
+    rungs: list[str] | None = None  # rungs tried before dense; null: every rung cheaper than dense
+    grid: PositiveInt = 50  # acceptance levels tested in sequence by Learn-then-Test
 
 
 class TrackingConfig(Strict):
@@ -357,6 +364,9 @@ class Config(Strict):
         expected = ["dense", *self.ladder.rungs]
         if self.rungs != expected:
             raise ValueError(f"rungs is {self.rungs} but the ladder composes {expected}: recompose params.yaml")
+        unknown = [r for r in self.cascade.rungs or [] if r not in self.rungs]
+        if unknown:
+            raise ValueError(f"cascade.rungs names {unknown}, which are not rungs; allowed: {self.rungs}")
         return self
 
 

@@ -57,6 +57,32 @@ class Tracker:
         if self.run is not None:
             self.run.summary.update(metrics)
 
+    def curves(self, prefix: str, curves: dict[str, list[tuple[float, float]]], picture=None) -> None:
+        """Accuracy-vs-cost curves as one W&B line chart (x: relative cost), plus the picture."""
+        if self.run is None:
+            return
+        import wandb
+
+        names = list(curves)
+        sorted_pts = [sorted(curves[n]) for n in names]
+        chart = wandb.plot.line_series(xs=[[c for c, _ in p] for p in sorted_pts],
+                                       ys=[[a for _, a in p] for p in sorted_pts], keys=names,
+                                       title=f"{prefix}: accuracy vs relative cost", xname="relative cost")
+        logged = {f"{prefix}/curves": chart}
+        if picture is not None:
+            logged[f"{prefix}/curves_png"] = wandb.Image(str(picture))
+        self.run.log(logged)
+
+    def artifact(self, name: str, kind: str, files: list, metadata: dict | None = None) -> None:
+        if self.run is None:
+            return
+        import wandb
+
+        art = wandb.Artifact(name, type=kind, metadata=metadata or {})
+        for f in files:
+            art.add_file(str(f))
+        self.run.log_artifact(art)
+
     def finish(self, ok: bool = True) -> None:
         if self.run is not None:
             self.run.finish(exit_code=0 if ok else 1)
