@@ -88,7 +88,7 @@ def _pack(batch: list[Encoded], pad_id: int, dtype: torch.dtype):
 
 @torch.no_grad()
 def score_choices(model: nn.Module, encoded: list[Encoded], batch_tokens: int = 4096,
-                  desc: str = "score") -> list[dict]:
+                  desc: str = "score", progress: bool = True) -> list[dict]:
     """Per item: log-likelihood and greediness of every choice, and tokens processed."""
     dtype = next(model.parameters()).dtype
     decoder, head = model.get_decoder(), model.get_output_embeddings()
@@ -103,7 +103,7 @@ def score_choices(model: nn.Module, encoded: list[Encoded], batch_tokens: int = 
         cur.append(i)
     if cur:
         batches.append(cur)
-    with tqdm(total=len(encoded), desc=desc, unit="item") as bar:
+    with tqdm(total=len(encoded), desc=desc, unit="item", disable=not progress) as bar:
         for idxs in batches:
             batch = [encoded[i] for i in idxs]
             ids, pos, mask, spans = _pack(batch, pad, dtype)
