@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: setup repro test params bench-ladder bench-eval compare-baselines clean
+.PHONY: setup repro test params bench-ladder bench-eval bench-cascade compare-baselines clean
 
 setup: $(VENV)/.installed
 
@@ -47,3 +47,8 @@ compare-baselines: setup
 
 bench-eval: setup
 	$(BIN)/python benchmarks/evaluate_ladder.py
+
+# Re-splits calibration/test many times: the cascade's observed violation rate next to delta.
+# Needs the evaluation built (`make repro`); runs in seconds.
+bench-cascade: setup
+	$(BIN)/python benchmarks/cascade_bound.py --repeats 500

@@ -94,9 +94,9 @@ def main(argv: list[str] | None = None) -> None:
         if not (o.splits == s).any():
             raise SystemExit(f"cascade: the {s} split is empty; give data.splits.{s} a share and more items")
     candidates = candidate_order(o.rungs, o.cost, cc.rungs)
-    if len(candidates) < 2:
-        raise SystemExit(f"cascade: no rung is cheaper than dense (costs {dict(zip(o.rungs, o.cost.round(3)))}); "
-                         "nothing to cascade through")
+    if len(candidates) < 2:  # a valid, if useless, cascade: say so rather than fail the build
+        st.log.warning("cascade: no rung is cheaper than dense (relative costs %s); the cascade is dense only",
+                       dict(zip(o.rungs, o.cost.round(3))))
     with st.tracked() as tracker:
         fitted = fit(o, candidates, cc.rungs is None, cc.signal, cc.epsilon, cc.delta, cc.grid, cfg.seed)
         order = fitted["order"]

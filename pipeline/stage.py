@@ -26,6 +26,7 @@ class Stage:
     cfg: Config
     args: argparse.Namespace
     started: float = field(default_factory=time.perf_counter)
+    log: logging.Logger = log
 
     @contextlib.contextmanager
     def tracked(self) -> Iterator["Tracker"]:  # noqa: F821

@@ -72,7 +72,14 @@ def test_dvc_repro_then_exp_run_on_tiny_preset(repo_copy):
         assert (repo / f"artifacts/eval/{r}/metrics.json").exists()
     assert (repo / "artifacts/report/ladder.csv").read_text().count("\n") == 1 + 1 + len(rungs)
     metrics = _sh([*dvc, "metrics", "show", "--json"], repo, env)
-    assert "acc_norm" in metrics and "perplexity" in metrics
+    assert "acc_norm" in metrics and "perplexity" in metrics and "aiq" in metrics
+    # The deployable end of the graph: router, cascade, manifest, and the runtime reading it.
+    assert {"router", "cascade", "manifest"} <= set(lock["stages"])
+    man = yaml.safe_load((repo / "artifacts/manifest.yaml").read_text())
+    assert [r["name"] for r in man["rungs"]] == ["dense", *rungs] and man["schema_version"] == 1
+    served = _sh([sys.executable, "-m", "pipeline.serve", "--strategy", "cascade", "--items",
+                  "artifacts/data/tasks.jsonl", "--split", "test", "--limit", "2"], repo, env)
+    assert served.count('"rung"') == 2 and "mean cost" in served
 
     # Nothing changed: nothing reruns.
     again = _sh([*dvc, "repro"], repo, env)
@@ -87,6 +94,7 @@ def test_dvc_repro_then_exp_run_on_tiny_preset(repo_copy):
     # Calibration blocks did not change (only task items did): nothing downstream of them reruns.
     assert "calibrate: read" not in exp and "prune: read" not in exp
     assert "evaluate: read" in exp  # task items changed: every rung is re-scored
+    assert "router: read" in exp and "cascade: read" in exp and "manifest: read" in exp
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["data"]["tasks"]["piqa"]["cap"] == 3 and params["model"]["name"] == "tiny-llama"
     summary = json.loads((repo / "artifacts/data/summary.json").read_text())

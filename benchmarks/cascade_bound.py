@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.bench_cascade", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="benchmarks/cascade_bound.py", description=__doc__.split("\n")[0])
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--eval-dir", default="artifacts/eval")
     ap.add_argument("--repeats", type=int, default=500)
