@@ -93,11 +93,12 @@ def build_manifest(cfg, args) -> dict:
     cth = json.loads((cascade_dir / "thresholds.json").read_text())
     cmetrics = json.loads((cascade_dir / "metrics.json").read_text())
     rev, dirty = git_info()
+    base = json.loads((Path(args.base) / "provenance.json").read_text())
     return {
         "schema_version": 1,
-        "name": json.loads((Path(args.base) / "provenance.json").read_text())["name"] + "-ladder",
+        "name": base["name"] + "-ladder",
         "prediction": cfg.evaluate.prediction,
-        "base": json.loads((Path(args.base) / "provenance.json").read_text()),
+        "base": base,
         "costs": {"kind": dense["kind"], "unit": dense["unit"]},
         "rungs": rungs,
         "router": {

@@ -145,9 +145,7 @@ class LadderRuntime:
         if strategy == "router":
             rung, probs = self.route(context, choices)
             a = self._single(rung, context, choices)
-            rungs = [r for r in json.loads((self.root / self.manifest.router.path / self.manifest.router.config)
-                                           .read_text())["rungs"]]
-            a.router_probability = probs[rungs.index(rung)]
+            a.router_probability = probs[self._router[1]["rungs"].index(rung)]  # meta loaded by route()
             return a
         if strategy.startswith("rung="):
             return self._single(strategy.removeprefix("rung="), context, choices)
