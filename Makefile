@@ -33,7 +33,7 @@ test: setup
 
 # Recompose params.yaml from conf/ (what `dvc exp run` does), e.g. make params O="ladder=tiny"
 params: setup
-	$(BIN)/python -m pipeline.config $(O)
+	$(BIN)/python -m pipeline.params $(O)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

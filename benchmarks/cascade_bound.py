@@ -30,10 +30,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--delta", type=float, default=None, help="default: cascade.delta")
     args = ap.parse_args(argv)
 
-    from pipeline import thresholds as T
     from pipeline.cascade import candidate_order, fit
-    from pipeline.config import load_config
-    from pipeline.outcomes import load_outcomes
+    from pipeline.common.config import load_config
+    from pipeline.routing import thresholds as T
+    from pipeline.routing.outcomes import load_outcomes
 
     cfg = load_config(args.params)
     cc = cfg.cascade

@@ -31,7 +31,7 @@ def build(preset: str) -> dict[str, dict]:
     d = ROOT / preset
     d.mkdir(parents=True, exist_ok=True)
     params = d / "params.yaml"
-    run("pipeline.config", f"ladder={preset}", "tracking=disabled", "--out", str(params))
+    run("pipeline.common.config", f"ladder={preset}", "tracking=disabled", "--out", str(params))
     ladder = d / "ladder"
     ladder.mkdir(exist_ok=True)
     if not (ladder / "dense").exists():

@@ -1,1 +1,15 @@
-"""Ladder: calibrate, prune at every granularity, evaluate, and route a causal LM."""
+"""Ladder: calibrate, prune and evaluate one causal LM into a ladder of rungs, then route between them.
+
+The modules at this level are the pipeline's stages, each run as `python -m pipeline.<stage>`
+(see dvc.yaml): base, data, calibrate, teacher, prune, evaluate, report, router, cascade,
+manifest, plus `params` (compose params.yaml) and `serve` (the reference runtime).
+
+The subpackages are the library the stages use:
+  common/      config schema, stage start-up, atomic writes, packaged assets, W&B tracking
+  models/      loading model sources, checkpoints, cost (FLOPs, params) and measured speed
+  pruning/     importance, granularities (one small object each), allocator, compensation,
+               weight sparsity, healing
+  evaluation/  tasks, text, stable splits, log-likelihood scoring
+  routing/     per-query outcomes, routing metrics, the router model, cascade thresholds
+  deploy/      the manifest schema the runtime trusts
+"""

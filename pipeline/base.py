@@ -13,7 +13,7 @@ import json
 import platform
 from pathlib import Path
 
-from pipeline.stage import begin
+from pipeline.common.stage import begin
 
 
 def _args(ap):
@@ -28,9 +28,9 @@ def main(argv: list[str] | None = None) -> None:
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.assets import sha256_file
-    from pipeline.atomic import atomic_dir
-    from pipeline.model_source import load_base
+    from pipeline.common.assets import sha256_file
+    from pipeline.common.atomic import atomic_dir
+    from pipeline.models.source import load_base
 
     with st.tracked() as tracker:
         model, tok, source = load_base(cfg.model, cfg.seed)

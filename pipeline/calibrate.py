@@ -15,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from pipeline.stage import begin
+from pipeline.common.stage import begin
 
 
 def _args(ap):
@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     from safetensors.torch import load_file, save_file
     from transformers import AutoModelForCausalLM
 
-    from pipeline.atomic import atomic_dir
-    from pipeline.importance import measure_importance, plain_forward
+    from pipeline.common.atomic import atomic_dir
+    from pipeline.pruning.importance import measure_importance, plain_forward
 
     args = st.args
     with st.tracked() as tracker:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.stage import begin
+from pipeline.common.stage import begin
 
 
 def _args(ap):
@@ -40,7 +40,7 @@ def fit(o, candidates: list[str], auto: bool, signal: str, epsilon: float, delta
     """The rung order (chosen on router-train when `auto`), then both rules' thresholds on calibration."""
     import numpy as np
 
-    from pipeline import thresholds as T
+    from pipeline.routing import thresholds as T
 
     ref, cal = o.subset("router_train"), o.subset("calibration")
     levels = np.linspace(0, 1, grid_size + 1)[1:]
@@ -62,7 +62,7 @@ def fit(o, candidates: list[str], auto: bool, signal: str, epsilon: float, delta
 def test_figures(o, order, signal, thresholds, epsilon) -> dict:
     import numpy as np
 
-    from pipeline.thresholds import simulate, to_json
+    from pipeline.routing.thresholds import simulate, to_json
 
     idx = [o.rung_index(r) for r in order]
     te = o.subset("test")
@@ -81,13 +81,12 @@ def main(argv: list[str] | None = None) -> None:
     cfg, args = st.cfg, st.args
     cc = cfg.cascade
 
-    import numpy as np
 
-    from pipeline import routing_metrics as rm
-    from pipeline.atomic import atomic_dir
-    from pipeline.curves_plot import curves_picture
-    from pipeline.outcomes import load_outcomes
-    from pipeline.thresholds import simulate, to_json
+    from pipeline.common.atomic import atomic_dir
+    from pipeline.routing import metrics as rm
+    from pipeline.routing.outcomes import load_outcomes
+    from pipeline.routing.plots import curves_picture
+    from pipeline.routing.thresholds import simulate, to_json
 
     o = load_outcomes(args.eval_dir, cfg.rungs, cfg.evaluate.prediction)
     for s in ("router_train", "calibration", "test"):

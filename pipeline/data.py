@@ -14,7 +14,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from pipeline.stage import begin
+from pipeline.common.stage import begin
 
 
 def _args(ap):
@@ -30,10 +30,10 @@ def main(argv: list[str] | None = None) -> None:
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
-    from pipeline.atomic import atomic_dir
-    from pipeline.splits import assign_split, take_in_hash_order
-    from pipeline.tasks import load_task
-    from pipeline.text import load_passages, pack_blocks, split_passages
+    from pipeline.common.atomic import atomic_dir
+    from pipeline.evaluation.splits import assign_split, take_in_hash_order
+    from pipeline.evaluation.tasks import load_task
+    from pipeline.evaluation.text import load_passages, pack_blocks, split_passages
 
     with st.tracked() as tracker:
         tok = AutoTokenizer.from_pretrained(st.args.base)

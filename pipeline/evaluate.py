@@ -22,7 +22,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from pipeline.stage import begin
+from pipeline.common.stage import begin
 
 
 def _args(ap):
@@ -34,8 +34,8 @@ def _args(ap):
 
 def record_for(item: dict, scored: dict) -> dict:
     """One per-query record: predictions under acc and acc_norm, and confidence signals."""
-    from pipeline.scoring import confidence
-    from pipeline.tasks import DELIM
+    from pipeline.evaluation.scoring import confidence
+    from pipeline.evaluation.tasks import DELIM
 
     lls = scored["loglik"]
     chars = [max(1, len(c[len(DELIM):] if c.startswith(DELIM) else c)) for c in item["choices"]]
@@ -91,11 +91,11 @@ def main(argv: list[str] | None = None) -> None:
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.atomic import atomic_dir
-    from pipeline.checkpoint import verify_rung
-    from pipeline.cost import model_cost
-    from pipeline.measure import checkpoint_bytes, measure_speed, peak_rss_mb
-    from pipeline.scoring import encode_item, perplexity, score_choices
+    from pipeline.common.atomic import atomic_dir
+    from pipeline.evaluation.scoring import encode_item, perplexity, score_choices
+    from pipeline.models.checkpoint import verify_rung
+    from pipeline.models.cost import model_cost
+    from pipeline.models.measure import checkpoint_bytes, measure_speed, peak_rss_mb
 
     e = cfg.evaluate
     with st.tracked() as tracker:

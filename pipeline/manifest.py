@@ -20,7 +20,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-from pipeline.stage import begin
+from pipeline.common.stage import begin
 
 LIBRARIES = ("torch", "transformers", "llmcompressor", "datasets", "dvc", "hydra-core", "wandb", "numpy",
              "safetensors", "pydantic")
@@ -80,8 +80,8 @@ def rung_entry(name: str, ladder_dir: Path, eval_dir: Path, rel_to: Path, dense_
 
 
 def build_manifest(cfg, args) -> dict:
-    from pipeline.assets import sha256_file
-    from pipeline.tracking import params_hash
+    from pipeline.common.assets import sha256_file
+    from pipeline.common.tracking import params_hash
 
     out_dir = Path(args.out).parent
     ladder_dir, eval_dir = Path(args.ladder_dir), Path(args.eval_dir)
@@ -178,8 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg, args = st.cfg, st.args
     import yaml
 
-    from pipeline.atomic import atomic_write_text
-    from pipeline.manifest_schema import validate_manifest
+    from pipeline.common.atomic import atomic_write_text
+    from pipeline.deploy.manifest_schema import validate_manifest
 
     with st.tracked() as tracker:
         raw = build_manifest(cfg, args)

@@ -20,7 +20,7 @@ import json
 import time
 from pathlib import Path
 
-from pipeline.stage import begin
+from pipeline.common.stage import begin
 
 
 def _args(ap):
@@ -33,7 +33,12 @@ def _args(ap):
 
 def _plan(st):
     """Everything checkable from small JSON files, before loading any model."""
-    from pipeline.ladder import BaseShape, Counts, check_recipe, recipe_counts
+    from pipeline.pruning.allocator import (
+        BaseShape,
+        Counts,
+        check_recipe,
+        recipe_counts,
+    )
 
     args, ladder = st.args, st.cfg.ladder
     base = BaseShape.from_config(json.loads((Path(args.base) / "config.json").read_text()))
@@ -70,12 +75,12 @@ def main(argv: list[str] | None = None) -> None:
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-    from pipeline.assets import sha256_file
-    from pipeline.atomic import atomic_dir
-    from pipeline.cost import model_cost, module_sparsity
-    from pipeline.importance import Importance
-    from pipeline.ladder import Structure, allocate, apply_structure, select
-    from pipeline.sparsity import prune_weights
+    from pipeline.common.assets import sha256_file
+    from pipeline.common.atomic import atomic_dir
+    from pipeline.models.cost import model_cost, module_sparsity
+    from pipeline.pruning.allocator import Structure, allocate, apply_structure, select
+    from pipeline.pruning.importance import Importance
+    from pipeline.pruning.sparsity import prune_weights
 
     args, ladder, name = st.args, st.cfg.ladder, st.args.rung
     t0 = time.perf_counter()
@@ -118,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
                 applied = prune_weights(model, weights, blocks[: ladder.weight_calibration_blocks], outliers)
                 recipe_out["steps"].append({"weights": applied})
             if ladder.heal.enabled:
-                from pipeline.heal import distill
+                from pipeline.pruning.heal import distill
 
                 teacher = AutoModelForCausalLM.from_pretrained(args.base, dtype=torch.float32).eval()
                 recipe_out["steps"].append({"heal": distill(model, teacher, blocks, ladder.heal)})

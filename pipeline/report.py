@@ -16,7 +16,7 @@ import io
 import json
 from pathlib import Path
 
-from pipeline.stage import begin
+from pipeline.common.stage import begin
 
 
 def _args(ap):
@@ -102,7 +102,7 @@ def _picture(rows: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     st = begin("report", _args, argv)
-    from pipeline.atomic import atomic_dir
+    from pipeline.common.atomic import atomic_dir
 
     args, cfg = st.args, st.cfg
     rows = ladder_rows(cfg.rungs, Path(args.ladder_dir), Path(args.eval_dir), cfg.evaluate.routing_prompt_length)

@@ -21,7 +21,7 @@ import json
 import time
 from pathlib import Path
 
-from pipeline.stage import begin
+from pipeline.common.stage import begin
 
 
 def _args(ap):
@@ -39,7 +39,7 @@ def choose_threshold(probs, correct, cost, target: str, epsilon: float, budget: 
     higher threshold (more conservative)."""
     import numpy as np
 
-    from pipeline.router_model import candidate_thresholds, route
+    from pipeline.routing.router_model import candidate_thresholds, route
 
     dense_acc = float(correct[:, 0].mean())
     rows = []
@@ -64,8 +64,8 @@ def evaluate_router(probs, correct, cost, threshold: float, rungs: list[str]) ->
     """Test-split figures of the router and every baseline, and the curves to draw."""
     import numpy as np
 
-    from pipeline import routing_metrics as rm
-    from pipeline.router_model import candidate_thresholds, route
+    from pipeline.routing import metrics as rm
+    from pipeline.routing.router_model import candidate_thresholds, route
 
     idx = np.arange(len(correct))
 
@@ -114,11 +114,11 @@ def main(argv: list[str] | None = None) -> None:
     import numpy as np
     import torch
 
-    from pipeline.atomic import atomic_dir
-    from pipeline.curves_plot import curves_picture
-    from pipeline.features import Featurizer, query_text
-    from pipeline.outcomes import load_outcomes
-    from pipeline.router_model import log_loss, route, save_router, train_router
+    from pipeline.common.atomic import atomic_dir
+    from pipeline.routing.features import Featurizer, query_text
+    from pipeline.routing.outcomes import load_outcomes
+    from pipeline.routing.plots import curves_picture
+    from pipeline.routing.router_model import log_loss, route, save_router, train_router
 
     o = load_outcomes(args.eval_dir, cfg.rungs, cfg.evaluate.prediction)
     items = {it["id"]: it for it in map(json.loads, (Path(args.data) / "tasks.jsonl").read_text().splitlines())}

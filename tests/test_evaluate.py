@@ -10,9 +10,9 @@ import torch
 from transformers import AutoTokenizer
 
 from pipeline import evaluate
-from pipeline.assets import AssetError
+from pipeline.common.assets import AssetError
 from pipeline.evaluate import record_for
-from pipeline.scoring import encode_item, encode_pair, score_choices
+from pipeline.evaluation.scoring import encode_item, encode_pair, score_choices
 from tests.conftest import tiny_config, write_params
 from tests.test_prune import tiny_ladder  # noqa: F401  (session fixture)
 from tests.test_structured import tiny

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from pipeline import calibrate, data, prune
-from pipeline.config import ConfigError, validate
+from pipeline.common.config import ConfigError, validate
 from tests.conftest import tiny_config, write_params
 
 RUNGS = ["mixed", "f95", "wanda50", "nm24", "wanda60"]

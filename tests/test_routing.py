@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import routing_metrics as rm
-from pipeline import thresholds as T
-from pipeline.router_model import route, train_router
-
+from pipeline.routing import metrics as rm
+from pipeline.routing import thresholds as T
+from pipeline.routing.router_model import route, train_router
 
 # --- metrics -------------------------------------------------------------------
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from collections import Counter
 
-from pipeline.splits import SPLITS, assign_split, take_in_hash_order, unit_hash
+from pipeline.evaluation.splits import (
+    SPLITS,
+    assign_split,
+    take_in_hash_order,
+    unit_hash,
+)
 
 FRACTIONS = {"router_train": 0.5, "calibration": 0.25, "test": 0.25}
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from pipeline.sparsity import magnitude_prune
-from pipeline.structured import drop_layers, prune_heads, prune_mlp
+from pipeline.pruning.slicing import drop_layers, prune_heads, prune_mlp
+from pipeline.pruning.sparsity import magnitude_prune
 
 H, KV, HD = 6, 2, 8  # 3 query heads per KV head
 
@@ -142,7 +142,7 @@ def test_magnitude_unstructured_sparsity_per_row():
 
 
 def test_cost_counters_on_known_shapes():
-    from pipeline.cost import config_flops_per_token, model_cost
+    from pipeline.models.cost import config_flops_per_token, model_cost
 
     m = tiny()
     hidden, inter, L, vocab, ctx = 48, 48, 4, 128, 256
@@ -161,8 +161,8 @@ def test_cost_counters_on_known_shapes():
 
 
 def test_allocator_cost_model_matches_the_pruned_model():
-    from pipeline.cost import model_cost
-    from pipeline.ladder import BaseShape, Counts
+    from pipeline.models.cost import model_cost
+    from pipeline.pruning.allocator import BaseShape, Counts
 
     m = tiny()
     base = BaseShape.from_config(m.config)

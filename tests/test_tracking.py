@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pipeline.config import validate
-from pipeline.tracking import Tracker, params_hash, run_group
+from pipeline.common.config import validate
+from pipeline.common.tracking import Tracker, params_hash, run_group
 from tests.conftest import tiny_config
 
 

@@ -2,9 +2,9 @@
 
 DVC's Hydra integration (`dvc exp run`) scans `hydra_plugins` under the repo root
 before composing `conf/`, so resolvers registered here work there exactly as in
-`python -m pipeline.config`.
+`python -m pipeline.common.config`.
 """
 
-from pipeline.config import register_resolvers
+from pipeline.common.config import register_resolvers
 
 register_resolvers()

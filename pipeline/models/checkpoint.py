@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.assets import AssetError, sha256_file
+from pipeline.common.assets import AssetError, sha256_file
 
 REQUIRED = ("config.json", "model.safetensors", "tokenizer.json", "pruning_report.json")
 

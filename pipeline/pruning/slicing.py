@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline.importance import decoder_layers
+from pipeline.pruning.importance import decoder_layers
 
 
 def _take(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:

@@ -16,11 +16,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.config import AllocatorConfig, Recipe
-from pipeline.cost import config_flops_per_token
-from pipeline.importance import Importance, decoder_layers
-from pipeline.scoring import perplexity
-from pipeline.structured import drop_layers, prune_heads, prune_mlp
+from pipeline.common.config import AllocatorConfig, Recipe
+from pipeline.evaluation.scoring import perplexity
+from pipeline.models.cost import config_flops_per_token
+from pipeline.pruning.importance import Importance, decoder_layers
+from pipeline.pruning.slicing import drop_layers, prune_heads, prune_mlp
 
 
 @dataclass

@@ -13,7 +13,7 @@ import json
 import os
 from typing import Any
 
-from pipeline.config import Config
+from pipeline.common.config import Config
 
 
 def params_hash(cfg: Config) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.routing_metrics import upper_hull
+from pipeline.routing.metrics import upper_hull
 
 
 def curves_picture(path: Path, title: str, rungs: dict[str, tuple[float, float]],

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from pipeline.config import Config, ConfigError, load_config
+from pipeline.common.config import Config, ConfigError, load_config
 
 log = logging.getLogger("ladder")
 
@@ -30,7 +30,7 @@ class Stage:
 
     @contextlib.contextmanager
     def tracked(self) -> Iterator["Tracker"]:  # noqa: F821
-        from pipeline.tracking import Tracker
+        from pipeline.common.tracking import Tracker
 
         tracker = Tracker(self.cfg, self.name)
         ok = False

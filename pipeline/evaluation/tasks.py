@@ -25,7 +25,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Callable
 
-from pipeline.assets import AssetError, package_dir
+from pipeline.common.assets import AssetError, package_dir
 
 DELIM = " "  # lm-eval's default target_delimiter
 

@@ -12,7 +12,6 @@ composition so tests and `make params` can check that the two agree.
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -26,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 TASKS = ("arc_easy", "arc_challenge", "piqa", "sciq", "hellaswag", "boolq", "openbookqa")
 TaskName = Literal["arc_easy", "arc_challenge", "piqa", "sciq", "hellaswag", "boolq", "openbookqa"]
@@ -450,29 +449,3 @@ def compose(overrides: list[str] | None = None, config_dir: Path = CONF_DIR) -> 
         cfg = hydra_compose(config_name="config", overrides=list(overrides or []))
     OmegaConf.resolve(cfg)  # the same in-place resolution DVC's compose_and_dump does
     return OmegaConf.to_container(cfg)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m pipeline.config [overrides...]`: compose, validate, write params.yaml."""
-    import argparse
-
-    ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. ladder=tiny seed=1")
-    ap.add_argument("--out", default="params.yaml")
-    args = ap.parse_args(argv)
-    raw = compose(args.overrides)
-    try:
-        validate(raw)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    text = yaml.safe_dump(raw, sort_keys=False)
-    from pipeline.atomic import atomic_write_text
-
-    atomic_write_text(args.out, text)
-    print(f"config: wrote {args.out} from conf/ {' '.join(args.overrides)}".rstrip())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

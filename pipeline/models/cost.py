@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from pipeline.importance import decoder_layers
+from pipeline.pruning.importance import decoder_layers
 
 DEFAULT_CONTEXT = 256
 

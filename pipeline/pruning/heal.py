@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.config import HealConfig
+from pipeline.common.config import HealConfig
 
 
 def distill(student: nn.Module, teacher: nn.Module, blocks: torch.Tensor, cfg: HealConfig) -> dict:
