@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> None:
         calib_p, held_p = split_passages(passages, d.text.heldout_fraction, d.splits.salt)
         calib = pack_blocks(calib_p, tok, d.calibration.num_blocks, d.calibration.block_len, "calibration")
         held = pack_blocks(held_p, tok, d.heldout.num_blocks, d.heldout.block_len, "heldout")
+        # Healing text: calibration-side passages taken from the other end, so it overlaps the
+        # calibration blocks as little as the text allows and never the held-out passages.
+        heal = pack_blocks(calib_p[::-1], tok, d.heal.num_blocks, d.heal.block_len, "heal")
 
         fractions = d.splits.model_dump(exclude={"salt"})
         records: list[dict] = []
@@ -58,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         summary = {
             "calibration": {"shape": list(calib.shape), "passages_available": len(calib_p)},
             "heldout": {"shape": list(held.shape), "passages_available": len(held_p)},
+            "heal": {"shape": list(heal.shape), "source": "calibration-side passages, last first"},
             "tasks": per_task,
             "items": len(records),
             "split_rule": f"sha256(salt + '\\x00' + id) -> [0,1) bucketed by {fractions}",
@@ -68,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         with atomic_dir(out) as tmp:
             save_file({"input_ids": calib.contiguous()}, str(tmp / "calibration.safetensors"))
             save_file({"input_ids": held.contiguous()}, str(tmp / "heldout.safetensors"))
+            save_file({"input_ids": heal.contiguous()}, str(tmp / "heal.safetensors"))
             with open(tmp / "tasks.jsonl", "w", encoding="utf-8") as fh:
                 for r in records:
                     fh.write(json.dumps(r, ensure_ascii=False) + "\n")

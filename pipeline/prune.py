@@ -1,16 +1,19 @@
-"""Stage `prune@<rung>`: cut one rung of the ladder from its parent, coarse to fine.
+"""Stage `prune@<rung>`: cut one rung of the ladder from its parent, coarse to fine, then heal it.
 
-Reads the parent checkpoint (`artifacts/base` for `dense`, else
-`artifacts/ladder/<parent>`), calibration importance and blocks. Then:
-  1. shape: the recipe's layer/attention/MLP counts, or the allocator's choice
-     for a budget (`target_flops` / `target_params`);
-  2. structured removal: drop layers, then heads, then MLP channels, keeping the
-     most important units inside the parent's (so rungs nest);
-  3. weights: SparseGPT / Wanda (llmcompressor) or magnitude, unstructured or N:M,
-     optionally with OWL layer-wise sparsity;
-  4. optional healing: distillation from the dense model on calibration text.
-Writes `artifacts/ladder/<rung>/`: safetensors checkpoint, tokenizer,
-`recipe.yaml`, `pruning_report.json` and a model card (`README.md`).
+Reads the parent checkpoint (`artifacts/base` for `dense`, else `artifacts/ladder/<parent>`), the
+calibration importance and blocks, and the dense model's cached distribution
+(`artifacts/teacher/`). Then:
+  1. shape: the recipe's counts, or for a budget (`target_flops` / `target_params`) the
+     allocator's choice, scored with compensation against the dense model
+     (`pipeline/pruning/allocator.py`);
+  2. structured removal, granularity by granularity (`pipeline/pruning/granularities/`), keeping
+     the most important units inside the parent's so rungs nest, with the consumer projections
+     refitted by least squares layer by layer (`pipeline/pruning/compensation.py`);
+  3. weights: SparseGPT / Wanda (llmcompressor) or magnitude, unstructured or N:M, optionally with
+     OWL layer-wise sparsity (`pipeline/pruning/sparsity.py`);
+  4. healing (`ladder.heal.enabled`): distillation from the dense model (`pipeline/pruning/heal.py`).
+Writes `artifacts/ladder/<rung>/`: safetensors checkpoint, tokenizer, `recipe.yaml` (the exact
+steps with their parameters), `pruning_report.json` and a model card (`README.md`).
 `--rung dense` writes the unpruned base as rung 0, so every rung looks alike.
 """
 
@@ -28,45 +31,49 @@ def _args(ap):
     ap.add_argument("--base", default="artifacts/base")
     ap.add_argument("--calibration", default="artifacts/calibrate")
     ap.add_argument("--data", default="artifacts/data")
+    ap.add_argument("--teacher", default="artifacts/teacher")
     ap.add_argument("--ladder-dir", default="artifacts/ladder")
 
 
 def _plan(st):
     """Everything checkable from small JSON files, before loading any model."""
-    from pipeline.pruning.allocator import (
-        BaseShape,
-        Counts,
-        check_recipe,
-        recipe_counts,
-    )
+    from pipeline.models.architecture import check_supported
+    from pipeline.pruning.granularity import registry
+    from pipeline.pruning.plan import check_counts, recipe_counts
+    from pipeline.pruning.structure import Arch, Structure
 
     args, ladder = st.args, st.cfg.ladder
-    base = BaseShape.from_config(json.loads((Path(args.base) / "config.json").read_text()))
+    base_config = json.loads((Path(args.base) / "config.json").read_text())
+    check_supported(base_config)
+    arch = Arch.from_config(base_config)
     if args.rung == "dense":
-        return base, None, base.dense_counts(), base.dense_counts()
+        return arch, None, None, Structure.dense(arch).counts()
     if args.rung not in ladder.rungs:
-        raise SystemExit(f"prune: no rung '{args.rung}' in ladder '{ladder.name}'; rungs: {list(ladder.rungs)}")
+        raise ValueError(f"no rung '{args.rung}' in ladder '{ladder.name}'; rungs: {list(ladder.rungs)}")
     rung = ladder.rungs[args.rung]
-    parent_dir = Path(args.ladder_dir) / rung.parent
-    parent_report = json.loads((parent_dir / "pruning_report.json").read_text())
-    parent_counts = Counts(**parent_report["counts"])
     where = f"ladder.rungs.{args.rung}"
+    parent_report = json.loads((Path(args.ladder_dir) / rung.parent / "pruning_report.json").read_text())
+    parent = Structure.from_json(parent_report["structure"], arch)
     if rung.target_flops is not None or rung.target_params is not None:
         measure = "flops" if rung.target_flops is not None else "params"
         target = rung.target_flops if measure == "flops" else rung.target_params
         have = parent_report["relative"][measure]
         if have <= target:
             raise ValueError(f"{where}.target_{measure}={target}: parent '{rung.parent}' is already at {have:.3f}")
-        return base, rung, parent_counts, None
-    counts = recipe_counts(rung.recipe, base, parent_counts)
-    check_recipe(counts, base, parent_counts, where)
-    return base, rung, parent_counts, counts
+        known = {g.name for g in registry()}
+        unknown = [g for g in ladder.allocator.granularities if g not in known]
+        if unknown:
+            raise ValueError(f"ladder.allocator.granularities: unknown {unknown}; registered: {sorted(known)}")
+        return arch, rung, parent, None
+    counts = recipe_counts(rung.recipe, arch, parent.counts())
+    check_counts(counts, arch, parent.counts(), where)
+    return arch, rung, parent, counts
 
 
 def main(argv: list[str] | None = None) -> None:
     st = begin("prune", _args, argv)
     try:
-        base_shape, rung, parent_counts, counts = _plan(st)
+        arch, rung, parent, counts = _plan(st)
     except ValueError as exc:
         raise SystemExit(f"prune: {exc}") from None
 
@@ -77,68 +84,86 @@ def main(argv: list[str] | None = None) -> None:
 
     from pipeline.common.assets import sha256_file
     from pipeline.common.atomic import atomic_dir
-    from pipeline.models.cost import model_cost, module_sparsity
-    from pipeline.pruning.allocator import Structure, allocate, apply_structure, select
+    from pipeline.models.cost import DEFAULT_CONTEXT, model_cost, module_sparsity
+    from pipeline.pruning.allocator import allocate, counts_cost, kl_loss, lm_loss
+    from pipeline.pruning.cut import cut_to
     from pipeline.pruning.importance import Importance
+    from pipeline.pruning.plan import select_structure
     from pipeline.pruning.sparsity import prune_weights
+    from pipeline.pruning.structure import Structure
 
     args, ladder, name = st.args, st.cfg.ladder, st.args.rung
     t0 = time.perf_counter()
+    seconds: dict[str, float] = {}
     parent_dir = Path(args.base) if rung is None else Path(args.ladder_dir) / rung.parent
 
     with st.tracked() as tracker:
         model = AutoModelForCausalLM.from_pretrained(parent_dir, dtype=torch.float32).eval()
         tok = AutoTokenizer.from_pretrained(args.base)
-        dense_cost = model_cost(AutoModelForCausalLM.from_pretrained(args.base, dtype=torch.float32)) \
-            if name != "dense" else None
         recipe_out: dict = {"rung": name, "parent": rung.parent if rung else None, "steps": []}
-        trace = []
-        if name == "dense":
-            structure = Structure.dense(base_shape.layers, base_shape.heads, base_shape.kv_heads, base_shape.mlp)
+        trace, cut_report, heal_report = [], None, None
+        if rung is None:
+            structure = Structure.dense(arch)
         else:
-            parent_report = json.loads((parent_dir / "pruning_report.json").read_text())
-            parent_structure = Structure.from_json(parent_report["structure"])
-            imp_t = load_file(str(Path(args.calibration) / "importance.safetensors"))
-            imp = Importance.from_tensors(imp_t, tokens=0)
+            imp = Importance.from_tensors(load_file(str(Path(args.calibration) / "importance.safetensors")))
             blocks = load_file(str(Path(args.data) / "calibration.safetensors"))["input_ids"]
-            metric = rung.recipe.layers.metric if rung.recipe and rung.recipe.layers else "block_influence"
             if counts is None:  # budget rung: the allocator picks the shape
+                a = ladder.allocator
                 measure = "flops" if rung.target_flops is not None else "params"
                 budget = rung.target_flops if measure == "flops" else rung.target_params
-                alloc = allocate(model, parent_structure, imp, base_shape, ladder.allocator,
-                                 blocks[: ladder.allocator.eval_blocks], budget, measure)
-                counts, structure, trace = alloc.counts, alloc.structure, alloc.trace
-                recipe_out["steps"].append({"allocator": {f"target_{measure}": budget,
-                                                          **ladder.allocator.model_dump()}})
+                if a.loss == "kl":
+                    loss_fn = kl_loss(load_file(str(Path(args.teacher) / "allocator.safetensors")))
+                else:
+                    loss_fn = lm_loss(blocks[: a.eval_blocks])
+                t = time.perf_counter()
+                alloc = allocate(model, parent, imp, arch, _allocator_options(a, ladder.compensation), budget,
+                                 measure, loss_fn, blocks[: a.gram_blocks] if a.compensate else None, DEFAULT_CONTEXT)
+                seconds["allocate"] = round(time.perf_counter() - t, 1)
+                structure, trace = alloc.structure, alloc.trace
+                recipe_out["steps"].append({"allocator": {f"target_{measure}": budget, **a.model_dump(),
+                                                          "seconds_per_candidate": round(alloc.seconds_per_candidate, 2)}})
             else:
-                structure = select(parent_structure, counts, imp, metric)
-            apply_structure(model, parent_structure, structure)
+                metric = rung.recipe.layers.metric if rung.recipe and rung.recipe.layers else "block_influence"
+                structure = select_structure(parent, counts, imp, arch, metric)
+            comp = ladder.compensation
+            t = time.perf_counter()
+            cut_report = cut_to(model, parent, structure, arch, imp,
+                                blocks[: comp.blocks] if comp.enabled else None, comp.enabled, comp.damping, comp.bias)
+            seconds["cut_and_compensate"] = round(time.perf_counter() - t, 1)
+            c = structure.counts()
             recipe_out["steps"].append({"structured": {
-                "layers_kept": counts.layers, "kv_heads": counts.kv_heads, "q_per_kv": counts.q_per_kv,
-                "mlp_channels": counts.mlp, "layer_metric": metric,
-                "head_metric": "rms contribution to residual", "mlp_metric": "rms contribution to residual"}})
+                "granularities": {g: c[g] for g in c},
+                "scores": {"layers": "block influence" if not (rung.recipe and rung.recipe.layers)
+                           else rung.recipe.layers.metric, "hidden": "rms at every norm output (Minitron)",
+                           "kv_heads": "rms contribution to residual", "q_heads": "rms contribution to residual",
+                           "mlp": "rms contribution to residual"},
+                "compensation": {**ladder.compensation.model_dump(), "applied": cut_report["compensation"]}}})
             weights = rung.recipe.weights if rung.recipe else None
             if weights is not None:
-                outliers = imp.owl_outlier_ratio[torch.tensor(structure.layers)]
-                applied = prune_weights(model, weights, blocks[: ladder.weight_calibration_blocks], outliers)
+                t = time.perf_counter()
+                applied = prune_weights(model, weights, blocks[: ladder.weight_calibration_blocks], structure, arch, imp)
+                seconds["weights"] = round(time.perf_counter() - t, 1)
                 recipe_out["steps"].append({"weights": applied})
             if ladder.heal.enabled:
-                from pipeline.pruning.heal import distill
+                from pipeline.pruning.heal import heal
 
-                teacher = AutoModelForCausalLM.from_pretrained(args.base, dtype=torch.float32).eval()
-                recipe_out["steps"].append({"heal": distill(model, teacher, blocks, ladder.heal)})
+                teacher = Path(args.teacher)
+                t = time.perf_counter()
+                heal_report = heal(model, load_file(str(teacher / "heal.safetensors")),
+                                   load_file(str(teacher / "heal_val.safetensors")), ladder.heal, st.cfg.seed)
+                seconds["heal"] = round(time.perf_counter() - t, 1)
+                recipe_out["steps"].append({"heal": {k: v for k, v in heal_report.items() if k != "curve"}})
 
+        smoke = _complete(model, tok, st.cfg.model.smoke_prompt, st.cfg.model.smoke_tokens)
         cost = model_cost(model)
-        dense_cost = dense_cost or cost
+        dense_cost = counts_cost(Structure.dense(arch).counts(), arch, DEFAULT_CONTEXT)
+        c = structure.counts()
         report = {
             "rung": name,
             "parent": rung.parent if rung else None,
-            "counts": counts.__dict__,
+            "counts": c.to_json(),
             "structure": structure.to_json(),
-            "layers_removed": [l for l in range(base_shape.layers) if l not in structure.layers],
-            "heads_kept": {l: structure.q[l] for l in structure.layers},
-            "kv_heads_kept": {l: structure.kv[l] for l in structure.layers},
-            "mlp_channels_kept": counts.mlp,
+            "layers_removed": [l for l in range(arch.layers) if l not in structure["layers"]],
             **cost,
             "relative": {
                 "flops": cost["flops_per_token"] / dense_cost["flops_per_token"],
@@ -146,8 +171,13 @@ def main(argv: list[str] | None = None) -> None:
                 "params": cost["params"] / dense_cost["params"],
                 "nonzero_params": cost["nonzero_params"] / dense_cost["params"],
             },
+            "flops_by_granularity": counts_cost(c, arch, DEFAULT_CONTEXT)["by_granularity"],
             "module_sparsity": module_sparsity(model),
             "allocator_trace": trace,
+            "compensation": cut_report,
+            "heal": heal_report,
+            "smoke": {"prompt": st.cfg.model.smoke_prompt, "completion": smoke},
+            "seconds": seconds,
             "build_seconds": round(time.perf_counter() - t0, 1),
         }
         out = Path(args.ladder_dir) / name
@@ -161,15 +191,34 @@ def main(argv: list[str] | None = None) -> None:
             (tmp / "pruning_report.json").write_text(json.dumps(report, indent=2) + "\n")
             (tmp / "README.md").write_text(_model_card(name, report, recipe_out, st.cfg.model.name))
         tracker.summary({k: report[k] for k in ("params", "nonzero_params", "flops_per_token")}
-                        | {f"relative/{k}": v for k, v in report["relative"].items()})
+                        | {f"relative/{k}": v for k, v in report["relative"].items()}
+                        | {f"seconds/{k}": v for k, v in seconds.items()})
     st.done(
         read=f"parent {parent_dir}",
-        wrote=f"{out}/ ({counts.layers} layers, {counts.kv_heads}x{counts.q_per_kv} heads, MLP {counts.mlp}; "
-        f"{report['relative']['flops']:.1%} FLOPs, {report['relative']['nonzero_params']:.1%} non-zero params)",
+        wrote=f"{out}/ ({', '.join(f'{k} {v}' for k, v in c.items())}; {report['relative']['flops']:.1%} FLOPs, "
+        f"{report['relative']['nonzero_params']:.1%} non-zero params; smoke {smoke.strip()[:40]!r})",
     )
 
 
+def _allocator_options(a, comp):
+    """The allocator's settings, with the compensation damping it refits candidates with."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(**a.model_dump(), damping=comp.damping)
+
+
+def _complete(model, tok, prompt: str, n: int) -> str:
+    import torch
+
+    ids = tok(prompt, return_tensors="pt").to(next(model.parameters()).device)
+    with torch.no_grad():
+        gen = model.generate(**ids, max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
+    return tok.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
 def _model_card(name: str, report: dict, recipe: dict, base_name: str) -> str:
+    import yaml
+
     r = report["relative"]
     c = report["counts"]
     return (
@@ -177,7 +226,8 @@ def _model_card(name: str, report: dict, recipe: dict, base_name: str) -> str:
         f"Pruned from `{report['parent'] or 'the base model'}` by the Ladder pipeline. Loads with "
         "`AutoModelForCausalLM.from_pretrained(<this dir>)`.\n\n"
         f"| | value | x dense |\n|---|---|---|\n"
-        f"| layers | {c['layers']} | |\n| KV heads x query heads per KV | {c['kv_heads']} x {c['q_per_kv']} | |\n"
+        f"| layers | {c['layers']} | |\n| hidden size | {c['hidden']} | |\n"
+        f"| KV heads x query heads per KV | {c['kv_heads']} x {c['q_heads']} | |\n"
         f"| MLP channels | {c['mlp']} | |\n"
         f"| parameters | {report['params']:,} | {r['params']:.3f} |\n"
         f"| non-zero parameters | {report['nonzero_params']:,} | {r['nonzero_params']:.3f} |\n"
@@ -185,9 +235,10 @@ def _model_card(name: str, report: dict, recipe: dict, base_name: str) -> str:
         f"| {r['flops']:.3f} |\n"
         f"| FLOPs/token counting non-zeros only | {report['nonzero_flops_per_token']:,} | {r['nonzero_flops']:.3f} |\n\n"
         "Zeros inside weight matrices (unstructured or N:M) make the checkpoint compressible but give "
-        "no speed-up on dense CPU kernels; only removed layers, heads and channels do.\n\n"
+        "no speed-up on dense CPU kernels; only removed layers, heads, channels and hidden size do.\n\n"
+        f"Smoke test (greedy): `{report['smoke']['prompt']}` -> `{report['smoke']['completion'].strip()}`\n\n"
         f"Layers removed (base indices): {report['layers_removed']}\n\n"
-        "## Recipe\n\n```yaml\n" + __import__("yaml").safe_dump(recipe, sort_keys=False) + "```\n"
+        "## Recipe\n\n```yaml\n" + yaml.safe_dump(recipe, sort_keys=False) + "```\n"
     )
 
 

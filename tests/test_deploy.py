@@ -26,7 +26,7 @@ def deployed(tiny_ladder, tiny_base):  # noqa: F811
     raw = yaml.safe_load((root / "params.yaml").read_text())
     raw["evaluate"]["routing_cost"] = "flops"
     raw["router"].update({"target": "budget", "budget": 0.97, "epochs": 60})  # cheapest rung: 0.94
-    raw["cascade"].update({"method": "quantile", "rungs": ["mixed", "f95"], "epsilon": 0.1})
+    raw["cascade"].update({"method": "quantile", "rungs": ["mixed", "f80"], "epsilon": 0.1})
     params = str(write_params(root / "deploy_params.yaml", raw))
     common = ["--params", params]
     for rung in raw["rungs"]:
@@ -49,7 +49,7 @@ def test_stage_outputs(deployed):
         assert key in r["test"]
     assert r["test"]["oracle"]["accuracy"] >= max(v["accuracy"] for v in r["test"]["single_rungs"].values())
     c = json.loads((deployed / "cascade" / "metrics.json").read_text())
-    assert c["order"][-1] == "dense" and set(c["order"]) <= {"mixed", "f95", "dense"}
+    assert c["order"][-1] == "dense" and set(c["order"]) <= {"mixed", "f80", "dense"}
     q = c["test"]["quantile"]
     assert sum(q["share_answered"].values()) == pytest.approx(1.0)
     assert q["bound_held"] == (q["drop"] <= 0.1)

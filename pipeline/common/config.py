@@ -158,6 +158,7 @@ class DataConfig(Strict):
     text: TextConfig = TextConfig()
     calibration: BlocksConfig
     heldout: BlocksConfig
+    heal: BlocksConfig = BlocksConfig(num_blocks=256, block_len=256)  # distillation text (calibration side)
     tasks: dict[TaskName, TaskConfig]
     splits: SplitConfig = SplitConfig()
 
@@ -175,9 +176,6 @@ class DataConfig(Strict):
 # base model), so a nested child simply asks for at least as much pruning as
 # its parent; the prune stage checks that against the real model shapes.
 
-Granularity = Literal["layers", "kv_heads", "q_heads", "mlp"]
-
-
 class LayerStep(Strict):
     drop: Annotated[int, Field(ge=0)]  # decoder layers removed in total
     metric: Literal["block_influence", "angular_distance"] = "block_influence"
@@ -191,6 +189,11 @@ class AttentionStep(Strict):
 class MlpStep(Strict):
     keep: Annotated[float, Field(gt=0.0, le=1.0)]  # share of MLP channels kept
     multiple_of: PositiveInt = 8  # round the kept width for friendlier kernels
+
+
+class HiddenStep(Strict):
+    keep: Annotated[float, Field(gt=0.0, le=1.0)]  # share of residual-stream channels kept
+    multiple_of: PositiveInt = 8
 
 
 class WeightStep(Strict):
@@ -229,6 +232,7 @@ class Recipe(Strict):
     layers: LayerStep | None = None
     attention: AttentionStep | None = None
     mlp: MlpStep | None = None
+    hidden: HiddenStep | None = None
     weights: WeightStep | None = None
 
 
@@ -246,35 +250,68 @@ class RungConfig(Strict):
         if not targets and self.recipe is None:
             raise ValueError("a rung needs a recipe or a target (target_flops / target_params)")
         if targets and self.recipe is not None and any(
-            getattr(self.recipe, k) is not None for k in ("layers", "attention", "mlp")
+            getattr(self.recipe, k) is not None for k in ("layers", "attention", "mlp", "hidden")
         ):
             raise ValueError(
-                "with a target the allocator chooses layers/attention/mlp; the recipe may only add a weights step"
+                "with a target the allocator chooses layers/attention/mlp/hidden; the recipe may only add a weights step"
             )
         return self
 
 
 class AllocatorConfig(Strict):
-    """Greedy budget allocation: cut the unit with least calibration-loss increase per FLOP saved."""
+    """Greedy budget allocation: take the move with least loss increase per unit of cost saved."""
 
-    granularities: list[Granularity] = ["layers", "kv_heads", "q_heads", "mlp"]
-    eval_blocks: PositiveInt = 4  # calibration blocks used to score each candidate cut
+    # Registered granularity names (pipeline/pruning/granularities/); checked by the prune stage.
+    granularities: list[Slug] = ["layers", "hidden", "kv_heads", "q_heads", "mlp"]
+    loss: Literal["kl", "lm"] = "kl"  # KL to the dense model's cached top-k, or next-token loss
+    eval_blocks: PositiveInt = 8  # calibration blocks each candidate cut is scored on
+    gram_blocks: PositiveInt = 16  # calibration blocks for the candidates' least-squares refits
+    compensate: bool = True  # score candidates with their consumer projections refitted
+    layer_candidates: PositiveInt = 3  # lowest-scoring layers tried per layer move
+    layer_metric: Literal["block_influence", "angular_distance"] = "block_influence"
     mlp_step: Annotated[float, Field(gt=0.0, le=0.5)] = 0.0625  # share of base MLP width per move
+    hidden_step: Annotated[float, Field(gt=0.0, le=0.5)] = 0.0556  # share of base hidden size per move
+    multiple_of: PositiveInt = 8  # MLP width and hidden size stay multiples of this
+    tolerance: Annotated[float, Field(ge=0.0, le=0.2)] = 0.01  # land within this of the target (x dense)
+
+
+class CompensationConfig(Strict):
+    """Least-squares refit of o_proj / down_proj after heads or MLP channels leave a layer."""
+
+    enabled: bool = True
+    damping: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01  # x mean diagonal of the Gram matrix
+    bias: bool = False  # also refit a bias (Llama only: switches on attention_bias / mlp_bias)
+    blocks: PositiveInt = 32  # calibration blocks for the sequential pass
 
 
 class HealConfig(Strict):
+    """Distillation from the dense model's cached top-k distribution (`teacher` stage)."""
+
     enabled: bool = False
-    steps: PositiveInt = 50
+    tokens: PositiveInt = 65536  # token budget per rung
+    batch_size: PositiveInt = 4  # blocks per step
     lr: Annotated[float, Field(gt=0.0, lt=1.0)] = 1e-4
-    temperature: Annotated[float, Field(gt=0.0)] = 1.0
-    batch_size: PositiveInt = 4
+    warmup: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05  # share of steps with a linear warm-up
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+    eval_every: PositiveInt = 8  # steps between held-out checks
+    patience: PositiveInt = 3  # checks without improvement before stopping
+    val_blocks: PositiveInt = 8  # healing blocks held out for those checks
+    freeze_embeddings: bool = True  # the (tied) embeddings stay as the parent has them
+
+
+class TeacherConfig(Strict):
+    """The dense model's next-token distribution, cached once for healing and the allocator."""
+
+    topk: Annotated[int, Field(ge=1, le=1024)] = 32
 
 
 class LadderConfig(Strict):
     name: Slug
     rungs: dict[Slug, RungConfig]  # name -> spec, in build order (DVC stages prune@<name>)
     allocator: AllocatorConfig = AllocatorConfig()
+    compensation: CompensationConfig = CompensationConfig()
     heal: HealConfig = HealConfig()
+    teacher: TeacherConfig = TeacherConfig()
     weight_calibration_blocks: PositiveInt = 64  # blocks llmcompressor sees for SparseGPT/Wanda
 
     @field_validator("rungs")

@@ -6,6 +6,8 @@ context of `context` tokens:
            + 2 * 2 * n_heads * head_dim * context                  (QK^T and AV)
   head     2 * vocab * hidden                                      (lm_head)
 Embedding lookups, norms, rotary and softmax are ignored (O(hidden), not O(hidden^2)).
+The same count from shapes alone, split by the granularity that owns each weight, is
+`pipeline.pruning.granularity.total_flops` (the allocator plans with it; a test checks they agree).
 
 `flops_per_token` is what a dense kernel executes: zeros inside a weight cost
 the same as non-zeros on CPU. `nonzero_flops_per_token` counts only non-zero
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from pipeline.pruning.importance import decoder_layers
+from pipeline.models.architecture import decoder_layers, head_dim
 
 DEFAULT_CONTEXT = 256
 
@@ -32,7 +34,7 @@ def model_cost(model: nn.Module, context: int = DEFAULT_CONTEXT) -> dict:
     proj_dense = sum(m.weight.numel() for m in lin)
     proj_nnz = sum(int(m.weight.count_nonzero()) for m in lin)
     head = model.get_output_embeddings().weight
-    attn_scores = 2 * 2 * cfg.num_attention_heads * cfg.head_dim * context * len(layers)
+    attn_scores = 2 * 2 * cfg.num_attention_heads * head_dim(cfg) * context * len(layers)
     unique = {id(p): p for p in model.parameters()}  # tied embeddings count once
     return {
         "params": sum(p.numel() for p in unique.values()),
@@ -41,13 +43,6 @@ def model_cost(model: nn.Module, context: int = DEFAULT_CONTEXT) -> dict:
         "nonzero_flops_per_token": 2 * proj_nnz + attn_scores + 2 * int(head.count_nonzero()),
         "context_for_flops": context,
     }
-
-
-def config_flops_per_token(n_layers: int, hidden: int, n_heads: int, n_kv: int, head_dim: int,
-                           intermediate: int, vocab: int, context: int = DEFAULT_CONTEXT) -> int:
-    """The same dense count from shapes alone (the allocator plans with it)."""
-    proj = hidden * head_dim * (2 * n_heads + 2 * n_kv) + 3 * hidden * intermediate
-    return n_layers * (2 * proj + 4 * n_heads * head_dim * context) + 2 * vocab * hidden
 
 
 def module_sparsity(model: nn.Module) -> dict[str, float]:

@@ -1,284 +1,216 @@
-"""Which units a rung keeps, and how the budget allocator chooses them.
+"""The budget allocator: which units a rung keeps to meet a FLOPs (or parameter) budget.
 
-A `Structure` names the surviving units by their index in the *base* model:
-kept layers, and per kept layer the kept KV heads, query heads and MLP
-channels. Selection always ranks by the base model's calibration importance and
-picks inside the parent's kept sets, so a child's units are a subset of its
-parent's: the ladder is a chain of sub-networks by construction.
+Greedy, one move at a time: every registered granularity named in `ladder.allocator.granularities`
+proposes its one-step cuts (several candidate layers; one KV group or one query head per group;
+a slice of MLP width or hidden size), and the move with the smallest increase of the loss per unit
+of cost saved is taken, until the budget holds.
+
+Candidates are scored as they will be built: the parent model is made to compute exactly what the
+cut model would (hooks for dropped layers and hidden channels, and for heads and MLP channels the
+consumer projection swapped for its least-squares refit on the parent's activations), and the
+loss is the KL to the dense model's cached top-k distribution (or the LM loss) on
+`eval_blocks` calibration blocks. Divisible granularities size their last move to land on the
+budget; indivisible moves that would overshoot it by more than `tolerance` are only taken when
+nothing else is left, so a budget rung lands within `tolerance` of its target.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.common.config import AllocatorConfig, Recipe
-from pipeline.evaluation.scoring import perplexity
-from pipeline.models.cost import config_flops_per_token
-from pipeline.pruning.importance import Importance, decoder_layers
-from pipeline.pruning.slicing import drop_layers, prune_heads, prune_mlp
+from pipeline.models.architecture import decoder_layers
+from pipeline.pruning.compensation import GramHook, refit
+from pipeline.pruning.cut import consumers
+from pipeline.pruning.distill import mean_kl
+from pipeline.pruning.granularity import (
+    get,
+    loadable,
+    registry,
+    total_flops,
+    total_params,
+)
+from pipeline.pruning.structure import Arch, Counts, Structure
 
 
 @dataclass
-class Structure:
-    layers: list[int]  # base indices of kept layers, ascending
-    kv: dict[int, list[int]]  # base layer -> kept base KV heads, ascending
-    q: dict[int, list[int]]  # base layer -> kept base query heads, in model order (group by group)
-    mlp: dict[int, list[int]]  # base layer -> kept base MLP channels, ascending
-    group: int  # query heads per KV head in the base model
+class MoveOptions:
+    """What granularities need to propose moves (from `ladder.allocator`)."""
 
-    @classmethod
-    def dense(cls, n_layers: int, n_heads: int, n_kv: int, intermediate: int) -> "Structure":
-        return cls(
-            layers=list(range(n_layers)),
-            kv={l: list(range(n_kv)) for l in range(n_layers)},
-            q={l: list(range(n_heads)) for l in range(n_layers)},
-            mlp={l: list(range(intermediate)) for l in range(n_layers)},
-            group=n_heads // n_kv,
-        )
+    layer_metric: str
+    layer_candidates: int
+    steps: dict[str, float]  # granularity -> share of the base size cut per coarse move
+    multiple_of: int
+    cost: callable  # Counts -> cost relative to dense
+    limit: float  # relative cost the rung must reach
 
-    @classmethod
-    def from_json(cls, d: dict) -> "Structure":
-        as_int = lambda m: {int(k): v for k, v in m.items()}  # noqa: E731 (JSON keys are strings)
-        return cls(d["layers"], as_int(d["kv"]), as_int(d["q"]), as_int(d["mlp"]), d["group"])
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    def counts(self) -> "Counts":
-        l0 = self.layers[0]
-        return Counts(len(self.layers), len(self.kv[l0]), len(self.q[l0]) // len(self.kv[l0]), len(self.mlp[l0]))
+    def step(self, name: str, base_size: int) -> int:
+        share = self.steps.get(name, 0.0625)
+        return max(self.multiple_of, int(round(base_size * share / self.multiple_of)) * self.multiple_of)
 
 
-@dataclass(frozen=True)
-class Counts:
-    """The uniform shape of a rung: what the HF config can express."""
-
-    layers: int
-    kv_heads: int
-    q_per_kv: int
-    mlp: int
-
-    def flops(self, base: "BaseShape") -> int:
-        return config_flops_per_token(self.layers, base.hidden, self.kv_heads * self.q_per_kv, self.kv_heads,
-                                      base.head_dim, self.mlp, base.vocab)
-
-    def params(self, base: "BaseShape") -> int:
-        per_layer = (base.hidden * base.head_dim * (2 * self.kv_heads * self.q_per_kv + 2 * self.kv_heads)
-                     + 3 * base.hidden * self.mlp + 2 * base.hidden)
-        head = 0 if base.tied else base.vocab * base.hidden
-        return self.layers * per_layer + base.vocab * base.hidden + head + base.hidden
+def cost_fn(arch: Arch, measure: str, context: int):
+    """Counts -> cost relative to the dense base, in FLOPs/token or parameters."""
+    dense = Structure.dense(arch).counts()
+    if measure == "flops":
+        ref = total_flops(dense, arch, context)
+        return lambda c: total_flops(c, arch, context) / ref
+    ref = total_params(dense, arch)
+    return lambda c: total_params(c, arch) / ref
 
 
-@dataclass(frozen=True)
-class BaseShape:
-    layers: int
-    hidden: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    mlp: int
-    vocab: int
-    tied: bool
+class Emulator:
+    """Makes the parent model compute what a candidate structure would, without copying it."""
 
-    @classmethod
-    def from_config(cls, c) -> "BaseShape":
-        get = c.get if isinstance(c, dict) else lambda k, d=None: getattr(c, k, d)
-        hidden, heads = get("hidden_size"), get("num_attention_heads")
-        return cls(get("num_hidden_layers"), hidden, heads, get("num_key_value_heads"),
-                   get("head_dim") or hidden // heads, get("intermediate_size"), get("vocab_size"),
-                   bool(get("tie_word_embeddings", False)))
+    def __init__(self, model: nn.Module, parent: Structure, arch: Arch, imp, gram_blocks: torch.Tensor | None,
+                 compensate: bool, damping: float, batch_size: int = 8):
+        self.model, self.parent, self.arch, self.imp = model, parent, arch, imp
+        self.compensate, self.damping = compensate, damping
+        self.consumers = consumers()
+        self.grams: dict[tuple[int, str], torch.Tensor] = {}
+        self._refits: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        if compensate and gram_blocks is not None:
+            self._gather_grams(gram_blocks, batch_size)
 
-    def dense_counts(self) -> Counts:
-        return Counts(self.layers, self.kv_heads, self.heads // self.kv_heads, self.mlp)
+    @torch.no_grad()
+    def _gather_grams(self, blocks: torch.Tensor, batch_size: int) -> None:
+        hooks = {(l, g.consumer): GramHook(layer.get_submodule(g.consumer), stop=False)
+                 for layer, l in zip(decoder_layers(self.model), self.parent["layers"]) for g in self.consumers}
+        device = next(self.model.parameters()).device
+        try:
+            for s in tqdm(range(0, len(blocks), batch_size), desc="allocator: consumer Gram matrices", unit="batch"):
+                self.model(input_ids=blocks[s:s + batch_size].to(device), use_cache=False)
+        finally:
+            self.grams = {k: h.result() for k, h in hooks.items()}
 
+    def _consumer_weight(self, l: int, module: nn.Linear, g, keep: torch.Tensor):
+        key = (l, g.consumer, tuple(keep.tolist()))
+        if key not in self._refits:
+            w = module.weight.data
+            full = torch.zeros_like(w)
+            if self.compensate and (l, g.consumer) in self.grams:
+                r = refit(w, module.bias.data if module.bias is not None else None, self.grams[(l, g.consumer)],
+                          keep, self.damping, fit_bias=False)
+                full[:, keep.to(w.device)] = r.weight
+            else:
+                full[:, keep.to(w.device)] = w[:, keep.to(w.device)]
+            self._refits[key] = full
+        return self._refits[key]
 
-def recipe_counts(recipe: Recipe | None, base: BaseShape, parent: Counts) -> Counts:
-    """The shape a recipe asks for; unspecified granularities stay as the parent has them."""
-    c = parent
-    if recipe is None:
-        return c
-    if recipe.layers is not None:
-        c = Counts(base.layers - recipe.layers.drop, c.kv_heads, c.q_per_kv, c.mlp)
-    if recipe.attention is not None:
-        a = recipe.attention
-        c = Counts(c.layers, a.kv_heads or c.kv_heads, a.q_per_kv or c.q_per_kv, c.mlp)
-    if recipe.mlp is not None:
-        m = recipe.mlp
-        width = max(m.multiple_of, int(round(base.mlp * m.keep / m.multiple_of)) * m.multiple_of)
-        c = Counts(c.layers, c.kv_heads, c.q_per_kv, min(width, base.mlp))
-    return c
-
-
-def heads_loadable(c: Counts, base: BaseShape) -> bool:
-    # transformers 5 validates hidden_size % num_attention_heads == 0 even with explicit head_dim.
-    return base.hidden % (c.kv_heads * c.q_per_kv) == 0
-
-
-def check_recipe(counts: Counts, base: BaseShape, parent: Counts, where: str) -> None:
-    """Fail before any work if a rung asks for the impossible or is not a sub-network of its parent."""
-    limits = {
-        "layers.drop": (counts.layers, 1, base.layers, "at least one layer must remain"),
-        "attention.kv_heads": (counts.kv_heads, 1, base.kv_heads, f"the model has {base.kv_heads} KV heads"),
-        "attention.q_per_kv": (counts.q_per_kv, 1, base.heads // base.kv_heads,
-                               f"the model has {base.heads // base.kv_heads} query heads per KV head"),
-        "mlp.keep": (counts.mlp, 1, base.mlp, f"the model has {base.mlp} MLP channels"),
-    }
-    for key, (value, lo, hi, why) in limits.items():
-        if not lo <= value <= hi:
-            raise ValueError(f"{where}.recipe.{key}: out of range ({why})")
-    if not heads_loadable(counts, base):
-        raise ValueError(
-            f"{where}.recipe.attention: {counts.kv_heads * counts.q_per_kv} query heads do not divide "
-            f"hidden_size {base.hidden}; transformers refuses such a config"
-        )
-    for f in ("layers", "kv_heads", "q_per_kv", "mlp"):
-        if getattr(counts, f) > getattr(parent, f):
-            raise ValueError(
-                f"{where}: keeps more {f} ({getattr(counts, f)}) than its parent ({getattr(parent, f)}); "
-                "a child must be a sub-network of its parent"
-            )
-
-
-def select(parent: Structure, counts: Counts, imp: Importance, layer_metric: str = "block_influence") -> Structure:
-    """The units `counts` keeps: the most important ones inside the parent's kept sets."""
-    layer_score = getattr(imp, layer_metric)
-    layers = sorted(sorted(parent.layers, key=lambda l: -float(layer_score[l]))[: counts.layers])
-    kv, q, mlp = {}, {}, {}
-    for l in layers:
-        kv[l] = sorted(sorted(parent.kv[l], key=lambda g: -float(imp.kv_group[l, g]))[: counts.kv_heads])
-        q[l] = [
-            h
-            for g in kv[l]
-            for h in sorted(
-                sorted((h for h in parent.q[l] if h // parent.group == g), key=lambda h: -float(imp.head[l, h]))[
-                    : counts.q_per_kv
-                ]
-            )
-        ]
-        mlp[l] = sorted(sorted(parent.mlp[l], key=lambda c: -float(imp.mlp_channel[l, c]))[: counts.mlp])
-    return Structure(layers, kv, q, mlp, parent.group)
-
-
-def apply_structure(model: nn.Module, current: Structure, target: Structure) -> None:
-    """Physically cut `model` (shaped like `current`) down to `target`."""
-    drop = [i for i, l in enumerate(current.layers) if l not in set(target.layers)]
-    if drop:
-        drop_layers(model, drop)
-    if any(target.q[l] != current.q[l] or target.kv[l] != current.kv[l] for l in target.layers):
-        keep_q = [[current.q[l].index(h) for h in target.q[l]] for l in target.layers]
-        keep_kv = [[current.kv[l].index(g) for g in target.kv[l]] for l in target.layers]
-        prune_heads(model, keep_q, keep_kv)
-    if any(target.mlp[l] != current.mlp[l] for l in target.layers):
-        prune_mlp(model, [[current.mlp[l].index(c) for c in target.mlp[l]] for l in target.layers])
-
-
-# --- budget allocation -------------------------------------------------------
-
-
-class _Masks:
-    """Forward hooks that make `model` (shaped like `current`) behave as `target`, exactly.
-
-    Dropping a layer = returning its input; removing a query head = zeroing its
-    `o_proj` input slice; removing an MLP channel = zeroing its `down_proj` input.
-    These equal physical removal, and cost nothing to switch between candidates.
-    """
-
-    def __init__(self, model: nn.Module, current: Structure, target: Structure):
-        self.handles = []
-        hd = model.config.head_dim
-        for i, (layer, l) in enumerate(zip(decoder_layers(model), current.layers)):
-            if l not in target.layers:
-                self.handles.append(layer.register_forward_hook(_identity, with_kwargs=True))
+    def __call__(self, target: Structure) -> "_Applied":
+        handles, saved = [], []
+        for g in registry():
+            if g.consumer is None:
+                handles += g.emulate(self.model, self.parent, target, self.arch, self.imp)
+        for layer, l in zip(decoder_layers(self.model), self.parent["layers"]):
+            if l not in target["layers"]:
                 continue
-            q_keep = torch.tensor([h in set(target.q[l]) for h in current.q[l]], dtype=torch.float32)
-            if not bool(q_keep.all()):
-                mask = q_keep.repeat_interleave(hd)
-                self.handles.append(layer.self_attn.o_proj.register_forward_pre_hook(_scale(mask)))
-            c_keep = torch.tensor([c in set(target.mlp[l]) for c in current.mlp[l]], dtype=torch.float32)
-            if not bool(c_keep.all()):
-                self.handles.append(layer.mlp.down_proj.register_forward_pre_hook(_scale(c_keep)))
+            for g in self.consumers:
+                keep = g.kept_inputs(l, self.parent, target, self.arch)
+                if keep is None:
+                    continue
+                module = layer.get_submodule(g.consumer)
+                saved.append((module, module.weight.data))
+                module.weight.data = self._consumer_weight(l, module, g, keep)
+        return _Applied(handles, saved)
 
-    def remove(self) -> None:
+
+class _Applied:
+    def __init__(self, handles, saved):
+        self.handles, self.saved = handles, saved
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
         for h in self.handles:
             h.remove()
-
-
-def _identity(_module, args, kwargs, _out):
-    return args[0] if args else kwargs["hidden_states"]
-
-
-def _scale(mask: torch.Tensor):
-    def hook(_module, args):
-        return (args[0] * mask.to(args[0].dtype),)
-    return hook
-
-
-def lm_loss(model: nn.Module, blocks: torch.Tensor) -> float:
-    """Mean next-token cross-entropy over `blocks`, as the evaluation's perplexity defines it."""
-    return perplexity(model, blocks, progress=False)["nll_per_token"]
+        for module, w in self.saved:
+            module.weight.data = w
 
 
 @dataclass
 class Allocation:
-    counts: Counts
     structure: Structure
     trace: list[dict] = field(default_factory=list)
+    seconds_per_candidate: float | None = None
 
 
-def _moves(c: Counts, base: BaseShape, alloc: AllocatorConfig) -> dict[str, Counts]:
-    step = max(8, int(round(base.mlp * alloc.mlp_step / 8)) * 8)
-    options = {
-        "layers": Counts(c.layers - 1, c.kv_heads, c.q_per_kv, c.mlp) if c.layers > 1 else None,
-        "kv_heads": Counts(c.layers, c.kv_heads - 1, c.q_per_kv, c.mlp) if c.kv_heads > 1 else None,
-        "q_heads": Counts(c.layers, c.kv_heads, c.q_per_kv - 1, c.mlp) if c.q_per_kv > 1 else None,
-        "mlp": Counts(c.layers, c.kv_heads, c.q_per_kv, c.mlp - step) if c.mlp > step else None,
-    }
-    return {k: v for k, v in options.items()
-            if v is not None and k in alloc.granularities and heads_loadable(v, base)}
+def allocate(model: nn.Module, parent: Structure, imp, arch: Arch, cfg, budget: float, measure: str,
+             loss_fn, gram_blocks: torch.Tensor | None, context: int) -> Allocation:
+    """Greedily cut the move with least loss increase per unit of cost saved until cost <= budget.
 
+    `model` is the parent checkpoint (shaped like `parent`); `loss_fn(model) -> float` scores it
+    (KL to the dense model, or LM loss) on the allocator's evaluation blocks."""
+    import time
 
-def allocate(model: nn.Module, parent: Structure, imp: Importance, base: BaseShape, alloc: AllocatorConfig,
-             blocks: torch.Tensor, budget: float, measure: str = "flops") -> Allocation:
-    """Greedily cut the move with the least calibration-loss increase per unit of cost saved,
-    until cost <= budget x dense cost. `model` is the parent checkpoint."""
-    cost = (lambda c: c.flops(base)) if measure == "flops" else (lambda c: c.params(base))  # noqa: E731
-    limit = budget * cost(base.dense_counts())
-    counts, structure = parent.counts(), parent
+    cost = cost_fn(arch, measure, context)
+    opts = MoveOptions(cfg.layer_metric, cfg.layer_candidates, {"mlp": cfg.mlp_step, "hidden": cfg.hidden_step},
+                       cfg.multiple_of, cost, budget)
+    emulate = Emulator(model, parent, arch, imp, gram_blocks, cfg.compensate, cfg.damping)
+    names = list(cfg.granularities)
+    unknown = [n for n in names if n not in {g.name for g in registry()}]
+    if unknown:
+        raise ValueError(f"ladder.allocator.granularities: unknown {unknown}; registered: {[g.name for g in registry()]}")
 
     def loss_of(s: Structure) -> float:
-        masks = _Masks(model, parent, s)
-        try:
-            return lm_loss(model, blocks)
-        finally:
-            masks.remove()
+        with emulate(s):
+            return loss_fn(model)
 
+    s, counts = parent, parent.counts()
     current_loss = loss_of(parent)
-    trace = [{"move": "start", "counts": asdict(counts), "cost": cost(counts) / cost(base.dense_counts()),
-              "loss": current_loss}]
-    # Upper bound on moves, for the progress bar only.
-    bar = tqdm(desc=f"allocate to {budget:.0%} {measure}", unit="move", total=None)
-    while cost(counts) > limit:
-        best = None
-        for name, cand in _moves(counts, base, alloc).items():
-            s = select(parent, cand, imp)
-            loss = loss_of(s)
-            saved = cost(counts) - cost(cand)
-            score = (loss - current_loss) / saved
+    trace = [{"move": "start", "counts": counts.to_json(), "cost": cost(counts), "loss": current_loss}]
+    bar = tqdm(desc=f"allocate to {budget:.0%} {measure}", unit="move")
+    timed, n_timed = 0.0, 0
+    while cost(counts) > budget + 1e-12:
+        cands = []
+        for name in names:
+            for label, cand in get(name).moves(s, parent, imp, arch, opts):
+                c = cand.counts()
+                if loadable(c, arch) and cost(c) < cost(counts):
+                    cands.append((name, label, cand, c))
+        if not cands:
+            raise ValueError(f"cannot reach {budget:.0%} of dense {measure} with granularities {names} "
+                             f"(stuck at {cost(counts):.3f})")
+        within = [x for x in cands if cost(x[3]) >= budget - cfg.tolerance]
+        cands = within or cands  # overshoot only when nothing lands within tolerance
+        best, tried = None, []
+        for name, label, cand, c in cands:
+            t = time.perf_counter()
+            loss = loss_of(cand)
+            timed += time.perf_counter() - t
+            n_timed += 1
+            score = (loss - current_loss) / (cost(counts) - cost(c))
+            tried.append({"move": name, "detail": label, "cost": round(cost(c), 5), "loss": round(loss, 6)})
             if best is None or score < best[0]:
-                best = (score, name, cand, s, loss)
-        if best is None:
-            raise ValueError(f"cannot reach {budget:.0%} of dense {measure} with granularities {alloc.granularities}")
-        _, name, counts, structure, current_loss = best
-        trace.append({"move": name, "counts": asdict(counts), "cost": cost(counts) / cost(base.dense_counts()),
-                      "loss": current_loss})
+                best = (score, name, label, cand, c, loss)
+        _, name, label, s, counts, current_loss = best
+        if math.isnan(current_loss):
+            raise ValueError("the allocator's loss became NaN")
+        trace.append({"move": name, "detail": label, "counts": counts.to_json(), "cost": cost(counts),
+                      "loss": current_loss, "candidates": len(cands), "tried": tried})
         bar.update(1)
-        bar.set_postfix(cost=f"{trace[-1]['cost']:.3f}", loss=f"{current_loss:.3f}")
+        bar.set_postfix(cost=f"{cost(counts):.3f}", loss=f"{current_loss:.4f}")
     bar.close()
-    if math.isnan(current_loss):
-        raise ValueError("calibration loss became NaN during allocation")
-    return Allocation(counts, structure, trace)
+    return Allocation(s, trace, timed / max(n_timed, 1))
+
+
+def kl_loss(cache: dict[str, torch.Tensor], batch_size: int = 4):
+    return lambda model: mean_kl(model, cache, batch_size)
+
+
+def lm_loss(blocks: torch.Tensor):
+    from pipeline.evaluation.scoring import perplexity
+
+    return lambda model: perplexity(model, blocks, progress=False)["nll_per_token"]
+
+
+def counts_cost(counts: Counts, arch: Arch, context: int) -> dict:
+    """Analytic cost of a shape: FLOPs/token and parameters, and per granularity."""
+    return {"flops_per_token": total_flops(counts, arch, context), "params": total_params(counts, arch),
+            "by_granularity": {g.name: {"flops": g.flops(counts, arch, context), "params": g.params(counts, arch)}
+                               for g in registry()}}

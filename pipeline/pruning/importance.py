@@ -1,18 +1,22 @@
-"""Importance at every granularity from one hooked pass over calibration tokens.
+"""Importance at every granularity, from one hooked pass over calibration tokens.
 
-For a llama-style decoder (layers of attention + gated MLP) it measures:
+For a decoder of attention + gated-MLP layers (`pipeline/models/architecture.py`) it measures:
 
 - layer: block influence `1 - cos(x_in, x_out)` (ShortGPT) and angular distance
-  `arccos(cos(x_in, x_out)) / pi`, averaged over tokens: how much a layer turns
-  the residual stream. Low = the layer is close to an identity, cheap to drop.
+  `arccos(cos(x_in, x_out)) / pi`, averaged over tokens: how much a layer turns the residual
+  stream. Low = the layer is close to an identity, cheap to drop.
 - attention head: RMS norm of the head's contribution to the residual stream,
-  `sqrt(E ||W_o[:, h] x_h||^2) = sqrt(tr(W_h S_h W_h^T))` with `S_h = E[x_h x_h^T]`
-  the second moment of the head's output (the `o_proj` input). Exact, not a bound.
+  `sqrt(E ||W_o[:, h] x_h||^2) = sqrt(tr(W_h S_h W_h^T))` with `S_h = E[x_h x_h^T]` the second
+  moment of the head's output (the `o_proj` input). Exact, not a bound.
 - KV group: the sum over the query heads that share it (grouped-query attention).
 - MLP channel: RMS contribution of channel j to the residual,
   `sqrt(E[a_j^2]) * ||W_down[:, j]||` with `a` the `down_proj` input. Exact too.
-- OWL outlier ratio per layer: share of Wanda scores `|W_ij| * ||X_j||` above
-  `M x` their layer mean, over every linear of the layer (Yin et al., 2024).
+- hidden channel (Minitron): RMS of channel c at every RMSNorm's output, summed over norms.
+
+It also keeps the sufficient statistics later steps need: the mean square of every channel at
+every norm's input (hidden-size pruning rescales norms with it) and at every linear's input (OWL
+outlier ratios are computed from it at prune time, at the recipe's own threshold).
+Accumulators are float64 on the device that computes them.
 """
 
 from __future__ import annotations
@@ -24,32 +28,43 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-           "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+from pipeline.models.architecture import LINEARS, decoder_layers, head_dim, norms
 
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    return model.model.layers
+# Linear inputs we keep statistics for; q/k/v share one input, as do gate/up.
+INPUT_GROUPS = {"attn_in": "self_attn.q_proj", "o_in": "self_attn.o_proj",
+                "mlp_in": "mlp.gate_proj", "down_in": "mlp.down_proj"}
+GROUP_OF = {"self_attn.q_proj": "attn_in", "self_attn.k_proj": "attn_in", "self_attn.v_proj": "attn_in",
+            "self_attn.o_proj": "o_in", "mlp.gate_proj": "mlp_in", "mlp.up_proj": "mlp_in",
+            "mlp.down_proj": "down_in"}
 
 
 @dataclass
 class Importance:
-    """Scores per granularity; tensors indexed [layer, unit]."""
+    """Scores and statistics of the base model; tensors indexed by base layer / unit."""
 
     block_influence: torch.Tensor  # [L]
     angular_distance: torch.Tensor  # [L]
     head: torch.Tensor  # [L, H]
     kv_group: torch.Tensor  # [L, KV]
     mlp_channel: torch.Tensor  # [L, I]
-    owl_outlier_ratio: torch.Tensor  # [L]
+    hidden_channel: torch.Tensor  # [D]
+    norm_input_ms: torch.Tensor  # [2L + 1, D]: input_layernorm, post_attention_layernorm per layer, final norm
+    attn_in_ms: torch.Tensor  # [L, D]   mean square of q/k/v inputs
+    o_in_ms: torch.Tensor  # [L, H*hd]
+    mlp_in_ms: torch.Tensor  # [L, D]   gate/up inputs
+    down_in_ms: torch.Tensor  # [L, I]
     tokens: int
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {k: v.contiguous() for k, v in self.__dict__.items() if isinstance(v, torch.Tensor)}
+        return {k: v.contiguous().cpu() for k, v in self.__dict__.items() if isinstance(v, torch.Tensor)}
 
     @classmethod
-    def from_tensors(cls, t: dict[str, torch.Tensor], tokens: int) -> "Importance":
+    def from_tensors(cls, t: dict[str, torch.Tensor], tokens: int = 0) -> "Importance":
         return cls(**{k: t[k] for k in cls.__dataclass_fields__ if k != "tokens"}, tokens=tokens)
+
+    def input_ms(self, layer: int, linear: str) -> torch.Tensor:
+        """Mean square of each input feature of `linear` in base layer `layer`."""
+        return getattr(self, f"{GROUP_OF[linear]}_ms")[layer]
 
 
 class _Accumulator:
@@ -58,22 +73,26 @@ class _Accumulator:
     def __init__(self, model: nn.Module):
         cfg = model.config
         self.layers = decoder_layers(model)
-        L, H, hd = len(self.layers), cfg.num_attention_heads, cfg.head_dim
+        self.norms = norms(model)
+        L, H, hd = len(self.layers), cfg.num_attention_heads, head_dim(cfg)
+        dev = next(model.parameters()).device
         self.H, self.hd = H, hd
-        self.cos_sum = torch.zeros(L, dtype=torch.float64)
-        self.ang_sum = torch.zeros(L, dtype=torch.float64)
-        self.head_second_moment = torch.zeros(L, H, hd, hd, dtype=torch.float64)
-        self.feat_sq = {(i, n): torch.zeros(self._linear(i, n).in_features, dtype=torch.float64)
-                        for i in range(L) for n in LINEARS}
+        z = lambda *s: torch.zeros(*s, dtype=torch.float64, device=dev)  # noqa: E731
+        self.cos_sum, self.ang_sum = z(L), z(L)
+        self.head_second_moment = z(L, H, hd, hd)
+        self.in_sq = {(i, g): z(self.layers[i].get_submodule(n).in_features)
+                      for i in range(L) for g, n in INPUT_GROUPS.items()}
+        D = cfg.hidden_size
+        self.norm_in_sq = z(len(self.norms), D)
+        self.norm_out_sq = z(len(self.norms), D)
         self.tokens = 0
         self.handles = []
         for i, layer in enumerate(self.layers):
             self.handles.append(layer.register_forward_hook(self._layer_hook(i), with_kwargs=True))
-            for n in LINEARS:
-                self.handles.append(self._linear(i, n).register_forward_pre_hook(self._linear_hook(i, n)))
-
-    def _linear(self, i: int, name: str) -> nn.Linear:
-        return self.layers[i].get_submodule(name)
+            for g, n in INPUT_GROUPS.items():
+                self.handles.append(layer.get_submodule(n).register_forward_pre_hook(self._linear_hook(i, g)))
+        for k, (_, norm) in enumerate(self.norms):
+            self.handles.append(norm.register_forward_hook(self._norm_hook(k)))
 
     def _layer_hook(self, i: int):
         def hook(_module, args, kwargs, out):
@@ -86,13 +105,21 @@ class _Accumulator:
                 self.tokens += cos.numel()
         return hook
 
-    def _linear_hook(self, i: int, name: str):
+    def _linear_hook(self, i: int, group: str):
         def hook(_module, args):
-            x = args[0].detach().float().reshape(-1, args[0].shape[-1])
-            self.feat_sq[(i, name)] += (x * x).sum(0).double()
-            if name == "self_attn.o_proj":
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+            self.in_sq[(i, group)] += (x * x).sum(0)
+            if group == "o_in":
                 xh = x.view(-1, self.H, self.hd)
-                self.head_second_moment[i] += torch.einsum("nhi,nhj->hij", xh, xh).double()
+                self.head_second_moment[i] += torch.einsum("nhi,nhj->hij", xh, xh)
+        return hook
+
+    def _norm_hook(self, k: int):
+        def hook(_module, args, out):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+            y = out.detach().reshape(-1, out.shape[-1]).double()
+            self.norm_in_sq[k] += (x * x).sum(0)
+            self.norm_out_sq[k] += (y * y).sum(0)
         return hook
 
     def remove(self) -> None:
@@ -100,10 +127,9 @@ class _Accumulator:
             h.remove()
 
     @torch.no_grad()
-    def finish(self, owl_m: float) -> Importance:
+    def finish(self) -> Importance:
         n = max(self.tokens, 1)
-        L = len(self.layers)
-        heads, groups, channels, owl = [], [], [], []
+        heads, groups, channels = [], [], []
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
             w_o = attn.o_proj.weight.double().view(-1, self.H, self.hd)  # [D, H, hd]
@@ -112,45 +138,55 @@ class _Accumulator:
             heads.append(head)
             kv = attn.k_proj.out_features // self.hd
             groups.append(head.view(kv, self.H // kv).sum(-1))
-            a_rms = (self.feat_sq[(i, "mlp.down_proj")] / n).sqrt()
+            a_rms = (self.in_sq[(i, "down_in")] / n).sqrt()
             channels.append(a_rms * layer.mlp.down_proj.weight.double().norm(dim=0))
-            owl.append(self._outlier_ratio(i, owl_m))
+        L = len(self.layers)
+        ms = {g: torch.stack([self.in_sq[(i, g)] / n for i in range(L)]) for g in INPUT_GROUPS}
         return Importance(
             block_influence=(1 - self.cos_sum / n).float(),
             angular_distance=(self.ang_sum / n).float(),
             head=torch.stack(heads).float(),
             kv_group=torch.stack(groups).float(),
             mlp_channel=torch.stack(channels).float(),
-            owl_outlier_ratio=torch.tensor(owl, dtype=torch.float32).view(L),
+            hidden_channel=(self.norm_out_sq / n).sqrt().sum(0).float(),
+            norm_input_ms=(self.norm_in_sq / n).float(),
+            attn_in_ms=ms["attn_in"].float(), o_in_ms=ms["o_in"].float(),
+            mlp_in_ms=ms["mlp_in"].float(), down_in_ms=ms["down_in"].float(),
             tokens=self.tokens,
         )
 
-    def _outlier_ratio(self, i: int, m: float) -> float:
-        n = max(self.tokens, 1)
-        scores = [
-            (self._linear(i, name).weight.abs().double() * (self.feat_sq[(i, name)] / n).sqrt()).flatten()
-            for name in LINEARS
-        ]
-        s = torch.cat(scores)
-        return float((s > m * s.mean()).double().mean())
-
 
 @torch.no_grad()
-def measure_importance(model: nn.Module, blocks: torch.Tensor, batch_size: int = 8, owl_m: float = 5.0,
+def measure_importance(model: nn.Module, blocks: torch.Tensor, batch_size: int = 8,
                        desc: str = "calibrate") -> Importance:
     acc = _Accumulator(model)
+    device = next(model.parameters()).device
     try:
         for start in tqdm(range(0, len(blocks), batch_size), desc=desc, unit="batch"):
-            model(input_ids=blocks[start:start + batch_size], use_cache=False)
+            model(input_ids=blocks[start:start + batch_size].to(device), use_cache=False)
     finally:
         acc.remove()
-    return acc.finish(owl_m)
+    return acc.finish()
 
 
 @torch.no_grad()
-def plain_forward(model: nn.Module, blocks: torch.Tensor, batch_size: int = 8, desc: str = "forward") -> None:
-    for start in tqdm(range(0, len(blocks), batch_size), desc=desc, unit="batch"):
-        model(input_ids=blocks[start:start + batch_size], use_cache=False)
+def owl_outlier_ratios(model: nn.Module, layers: list[int], imp: Importance, m: float,
+                       inputs_kept: dict[tuple[int, str], torch.Tensor] | None = None) -> torch.Tensor:
+    """OWL (Yin et al., 2024): per layer, the share of Wanda scores `|W_ij| * ||X_j||` above `m` x
+    their layer mean, over every linear of the layer. `model`'s layers are the base layers
+    `layers`; `inputs_kept[(l, linear)]` maps its (possibly cut) inputs to base feature indices."""
+    out = []
+    for layer_module, l in zip(decoder_layers(model), layers):
+        scores = []
+        for name in LINEARS:
+            w = layer_module.get_submodule(name).weight
+            norm = imp.input_ms(l, name).double().sqrt().to(w.device)
+            if inputs_kept is not None and (l, name) in inputs_kept:
+                norm = norm[inputs_kept[(l, name)].to(w.device)]
+            scores.append((w.abs().double() * norm).flatten())
+        s = torch.cat(scores)
+        out.append(float((s > m * s.mean()).double().mean()))
+    return torch.tensor(out, dtype=torch.float32)
 
 
 def owl_layer_sparsity(outlier_ratio: torch.Tensor, target: float, lam: float) -> list[float]:
@@ -163,3 +199,11 @@ def owl_layer_sparsity(outlier_ratio: torch.Tensor, target: float, lam: float) -
     density = (r - r.min()) / span * (2 * lam)
     density = density - density.mean() + (1 - target)
     return [float(min(max(1 - d, 0.0), 1.0)) for d in density]
+
+
+@torch.no_grad()
+def plain_forward(model: nn.Module, blocks: torch.Tensor, batch_size: int = 8, desc: str = "forward") -> None:
+    """The same pass without hooks (a timing reference for their overhead)."""
+    device = next(model.parameters()).device
+    for start in tqdm(range(0, len(blocks), batch_size), desc=desc, unit="batch"):
+        model(input_ids=blocks[start:start + batch_size].to(device), use_cache=False)

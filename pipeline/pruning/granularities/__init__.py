@@ -1,0 +1,3 @@
+"""The built-in granularities, coarse to fine. Importing this package registers them."""
+
+from pipeline.pruning.granularities import heads, hidden, layers, mlp  # noqa: F401

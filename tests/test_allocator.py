@@ -1,0 +1,98 @@
+"""The budget allocator: lands on its target, sees compensation, and picks up new granularities."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from pipeline.pruning.allocator import allocate, cost_fn, kl_loss
+from pipeline.pruning.distill import teacher_topk
+from pipeline.pruning.granularity import Granularity, register, unregister
+from pipeline.pruning.importance import measure_importance
+from pipeline.pruning.structure import Arch, Structure
+from tests.test_structured import BLOCKS, tiny
+
+CTX = 16  # attention scores at a 256-token context would dominate this tiny model's FLOPs
+OPTS = dict(granularities=["layers", "hidden", "kv_heads", "q_heads", "mlp"], layer_metric="block_influence",
+            layer_candidates=2, mlp_step=0.25, hidden_step=0.25, multiple_of=2, tolerance=0.01,
+            compensate=True, damping=0.01)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    m = tiny(dtype=torch.float32, initializer_range=0.1)
+    imp = measure_importance(m, BLOCKS, desc="stats")
+    cache = teacher_topk(m, BLOCKS[:4], k=64)
+    return m, imp, Arch.from_config(m.config), cache
+
+
+@pytest.mark.parametrize("budget", [0.8, 0.55])
+def test_budget_rung_lands_within_tolerance(setup, budget):
+    m, imp, arch, cache = setup
+    cfg = SimpleNamespace(**OPTS)
+    a = allocate(m, Structure.dense(arch), imp, arch, cfg, budget, "flops", kl_loss(cache), BLOCKS, CTX)
+    cost = cost_fn(arch, "flops", CTX)(a.structure.counts())
+    assert budget - cfg.tolerance <= cost <= budget, (cost, a.trace)
+    assert a.trace[-1]["cost"] == pytest.approx(cost)
+    losses = [t["loss"] for t in a.trace]
+    assert losses[0] == pytest.approx(0.0, abs=1e-6)  # the parent against itself
+    assert len({c["move"] for t in a.trace[1:] for c in t["tried"]}) >= 2  # granularities competed
+
+
+def test_several_candidate_layers_are_tried(setup):
+    m, imp, arch, cache = setup
+    cfg = SimpleNamespace(**{**OPTS, "granularities": ["layers"], "layer_candidates": 3, "tolerance": 0.2})
+    a = allocate(m, Structure.dense(arch), imp, arch, cfg, 0.9, "flops", kl_loss(cache), BLOCKS, CTX)
+    assert a.trace[1]["candidates"] == 3 and a.trace[1]["detail"].startswith("drop layer")
+    tried = a.trace[1]["tried"]
+    assert len({t["detail"] for t in tried}) == 3 and min(t["loss"] for t in tried) == pytest.approx(a.trace[1]["loss"], abs=1e-6)
+
+
+class Toy(Granularity):
+    """A granularity the pipeline has never heard of: free to cut, and costly to keep."""
+
+    name, order = "toy", 90
+
+    def dense(self, arch):
+        return list(range(4))
+
+    def count(self, s):
+        return len(s["toy"])
+
+    def scores(self, imp):
+        return torch.arange(4.0)
+
+    def select(self, s, parent, count, imp, arch):
+        return s.replace("toy", s["toy"][:count])
+
+    def moves(self, s, parent, imp, arch, opts):
+        return [("drop a toy unit", self.select(s, parent, len(s["toy"]) - 1, imp, arch))] if s["toy"] else []
+
+    def remove(self, model, current, target, arch, stats=None):
+        pass
+
+    def flops(self, counts, arch, context):
+        return counts["toy"] * 20_000
+
+
+def test_a_newly_registered_granularity_is_picked_up_by_the_allocator(setup):
+    m, imp, arch, cache = setup
+    register(Toy())
+    try:
+        assert Structure.dense(arch).counts()["toy"] == 4
+        cfg = SimpleNamespace(**{**OPTS, "granularities": ["mlp", "toy"], "tolerance": 0.2})
+        a = allocate(m, Structure.dense(arch), imp, arch, cfg, 0.9, "flops", kl_loss(cache), BLOCKS, CTX)
+        assert [t["move"] for t in a.trace[1:]] == ["toy"] * len(a.trace[1:])  # free moves win
+        assert a.structure.counts()["toy"] < 4
+    finally:
+        unregister("toy")
+    assert "toy" not in Structure.dense(arch).counts()
+
+
+def test_unknown_granularity_is_refused_naming_the_key(setup):
+    m, imp, arch, cache = setup
+    cfg = SimpleNamespace(**{**OPTS, "granularities": ["mlp", "experts"]})
+    with pytest.raises(ValueError, match=r"ladder.allocator.granularities: unknown \['experts'\]"):
+        allocate(m, Structure.dense(arch), imp, arch, cfg, 0.9, "flops", kl_loss(cache), BLOCKS, CTX)
