@@ -45,7 +45,7 @@ def test_token_budget_in_the_data_stage_is_monotone_and_keeps_every_task(tiny_ba
         params = write_params(tmp_path / f"params_{tag}.yaml", raw)
         out = tmp_path / tag
         data.main(["--params", str(params), "--base", str(tiny_base), "--out", str(out)])
-        records = {json.loads(l)["id"]: json.loads(l) for l in (out / "tasks.jsonl").read_text().splitlines()}
+        records = {r["id"]: r for r in map(json.loads, (out / "tasks.jsonl").read_text().splitlines())}
         return records, json.loads((out / "summary.json").read_text())
 
     small, s_small = run(300, "small")

@@ -78,15 +78,19 @@ def test_task_items_schema_and_summary(tiny_data):
     assert abs(sum(t["token_share"] for t in summary["tasks"].values()) - 1) < 1e-3
 
 
+def _splits(path) -> dict[str, str]:
+    return {r["id"]: r["split"] for r in map(json.loads, path.read_text().splitlines())}
+
+
 def test_raising_a_cap_adds_items_and_moves_none(tiny_data, tiny_base, tmp_path):
     raw, tmp = tiny_data
-    before = {json.loads(l)["id"]: json.loads(l)["split"] for l in (tmp / "data" / "tasks.jsonl").read_text().splitlines()}
+    before = _splits(tmp / "data" / "tasks.jsonl")
     cap = raw["data"]["tasks"]["piqa"]["cap"]
     raw["data"]["tasks"]["piqa"]["cap"] = cap + 10
     raw["data"]["budget"]["tokens_per_task"] = None  # the cap alone decides here
     params = write_params(tmp_path / "params.yaml", raw)
     data.main(["--params", str(params), "--base", str(tiny_base), "--out", str(tmp_path / "data")])
-    after = {json.loads(l)["id"]: json.loads(l)["split"] for l in (tmp_path / "data" / "tasks.jsonl").read_text().splitlines()}
+    after = _splits(tmp_path / "data" / "tasks.jsonl")
     assert set(before) <= set(after)
     assert all(after[i] == s for i, s in before.items())
     assert sum(i.startswith("piqa/") for i in after) == cap + 10

@@ -92,12 +92,13 @@ PACKAGED: dict[tuple[str, str | None], tuple[str, object]] = {
 }
 
 _SHARED = "the shared-context scorer needs one context shared by all choices"
+_NO_CHOICES = "output_type loglikelihood (one target, no choices); perplexity text comes from data.text instead"
 REFUSED: dict[str, str] = {
     "winogrande": f"multiple-input format (each choice is its own context, the target is shared); {_SHARED}",
     "wsc273": f"multiple-input format (each choice fills the blank in its own context); {_SHARED}",
     "xwinograd": f"multiple-input format; {_SHARED}",
-    "lambada": "output_type loglikelihood (one target, no choices); perplexity text comes from data.text instead",
-    "lambada_openai": "output_type loglikelihood (one target, no choices); perplexity text comes from data.text instead",
+    "lambada": _NO_CHOICES,
+    "lambada_openai": _NO_CHOICES,
 }
 
 ID_RULES: dict[tuple[str, str | None], tuple[str, tuple[str, ...]]] = {
