@@ -9,7 +9,8 @@ The subpackages are the library the stages use:
   models/      loading model sources, checkpoints, cost (FLOPs, params) and measured speed
   pruning/     importance, granularities (one small object each), allocator, compensation,
                weight sparsity, healing
-  evaluation/  tasks, text, stable splits, log-likelihood scoring
+  evaluation/  lm-eval tasks (catalog, packaged redirection, ids), token budgets, text,
+               stable splits, log-likelihood scoring and its lm-eval backend
   routing/     per-query outcomes, routing metrics, the router model, cascade thresholds
   deploy/      the manifest schema the runtime trusts
 """

@@ -6,7 +6,9 @@ Reads `artifacts/ladder/<rung>/` and `artifacts/data/`; writes `--out`
   per-choice log-likelihoods, predicted / correct under `acc` and `acc_norm`,
   confidence signals (max softmax probability, margin, entropy, each also on
   length-normalised scores) and tokens processed;
-- `metrics.json` (DVC metrics): perplexity, per-task acc / acc_norm (all items
+- `metrics.json` (DVC metrics): perplexity on the held-out LAMBADA blocks and
+  (`perplexity_other`) on the held-out blocks of another source (SQuAD's
+  Wikipedia paragraphs), per-task acc / acc_norm (all items
   and test split), cost (params, non-zeros, FLOPs/token, bytes on disk, peak
   memory, latency, throughput) and the routing cost.
 
@@ -104,9 +106,11 @@ def main(argv: list[str] | None = None) -> None:
         tok = AutoTokenizer.from_pretrained(rung_dir)
         items = [json.loads(line) for line in (Path(args.data) / "tasks.jsonl").read_text().splitlines()]
         held = load_file(str(Path(args.data) / "heldout.safetensors"))["input_ids"]
+        held_other = load_file(str(Path(args.data) / "heldout_other.safetensors"))["input_ids"]
 
         t0 = time.perf_counter()
         ppl = perplexity(model, held, desc=f"{args.rung}: perplexity")
+        ppl_other = perplexity(model, held_other, desc=f"{args.rung}: perplexity (other source)")
         max_len = min(getattr(model.config, "max_position_embeddings", 2048), 4096)
         encoded = [encode_item(tok, it["context"], it["choices"], max_len) for it in items]
         t1 = time.perf_counter()
@@ -123,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         metrics = {
             "rung": args.rung,
             "perplexity": ppl,
+            "perplexity_other": ppl_other,
             "tasks": task_metrics(records),
             "cost": {**cost, "checkpoint_bytes": checkpoint_bytes(rung_dir), **speed,
                      "peak_rss_mb": peak_rss_mb(),
@@ -139,12 +144,13 @@ def main(argv: list[str] | None = None) -> None:
                 for r in records:
                     fh.write(json.dumps(r) + "\n")
             (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        tracker.summary({"perplexity": ppl["perplexity"], "tokens_per_second": metrics["scoring"]["tokens_per_second"],
+        tracker.summary({"perplexity": ppl["perplexity"], "perplexity_other": ppl_other["perplexity"],
+                         "tokens_per_second": metrics["scoring"]["tokens_per_second"],
                          **{f"{t}/acc_norm": v["acc_norm"] for t, v in metrics["tasks"].items()},
                          "latency_ms": routing_cost if e.routing_cost == "latency" else None})
     st.done(
-        read=f"{rung_dir}, {len(items)} items, {held.numel()} held-out tokens",
-        wrote=f"{out}/ (ppl {ppl['perplexity']:.2f}, mean acc_norm {metrics['tasks']['mean']['acc_norm']:.3f}, "
+        read=f"{rung_dir}, {len(items)} items, {held.numel()} + {held_other.numel()} held-out tokens",
+        wrote=f"{out}/ (ppl {ppl['perplexity']:.2f}, other {ppl_other['perplexity']:.2f}, mean acc_norm {metrics['tasks']['mean']['acc_norm']:.3f}, "
         f"{metrics['scoring']['tokens_per_second']:.0f} tok/s scoring, latency@{e.routing_prompt_length} "
         f"{speed['latency_ms'][str(e.routing_prompt_length)]:.1f} ms)",
     )

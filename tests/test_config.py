@@ -66,8 +66,8 @@ def test_bad_choice_lists_allowed_values():
 
 
 def test_unknown_task_lists_allowed_tasks():
-    msg = _error(tiny_config(["+data.tasks.mmlu={cap: 3}"]))
-    assert "data.tasks.mmlu" in msg and "arc_easy" in msg and "hellaswag" in msg
+    msg = _error(tiny_config(["+data.tasks.mmlu_pro={cap: 3}"]))
+    assert "data.tasks" in msg and "mmlu_pro" in msg and "arc_easy" in msg and "hellaswag" in msg
 
 
 def test_unknown_source_kind_lists_kinds():

