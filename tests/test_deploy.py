@@ -9,55 +9,86 @@ import shutil
 import pytest
 import yaml
 
-from pipeline import cascade, evaluate, manifest, router
+from pipeline import cascade, compare, escalate, evaluate, manifest, router, speed
 from pipeline.deploy.manifest_schema import ManifestError, validate_manifest
 from pipeline.serve import ChecksumError, LadderRuntime
 from tests.conftest import write_params
 from tests.test_prune import tiny_ladder  # noqa: F401  (session fixture)
 
 
+def build_routing(root, params: str, base) -> None:
+    """evaluate@every rung, speed, router, cascade, escalate, compare, manifest: the real entry points."""
+    raw = yaml.safe_load(open(params).read())
+    common = ["--params", params]
+    ladder = ["--ladder-dir", str(root / "ladder")]
+    for rung in raw["rungs"]:
+        evaluate.main([*common, "--rung", rung, *ladder, "--data", str(root / "data"), "--out", str(root / "eval" / rung)])
+    speed.main([*common, *ladder, "--out", str(root / "speed" / "speed.json")])
+    where = [*ladder, "--eval-dir", str(root / "eval"), "--speed", str(root / "speed" / "speed.json")]
+    router.main([*common, *where, "--data", str(root / "data"), "--out", str(root / "router")])
+    cascade.main([*common, *where, "--out", str(root / "cascade")])
+    escalate.main([*common, *where, "--router", str(root / "router"), "--cascade", str(root / "cascade"),
+                   "--out", str(root / "escalate")])
+    compare.main([*common, *where, "--router", str(root / "router"), "--cascade", str(root / "cascade"),
+                  "--escalate", str(root / "escalate"), "--out", str(root / "compare")])
+    manifest.main([*common, "--base", str(base), *where, "--router", str(root / "router"),
+                   "--cascade", str(root / "cascade"), "--escalate", str(root / "escalate"),
+                   "--out", str(root / "manifest.yaml"), "--vllm-sr-out", str(root / "vllm_semantic_router.yaml")])
+
+
+def deploy_params(raw: dict) -> dict:
+    """A budget router and the quantile cascade, so both send real traffic to cheap rungs of a
+    random model, and a loose epsilon for route-then-escalate, so Learn-then-Test certifies a
+    threshold that starts queries below dense (the bound itself is tested on synthetic data)."""
+    raw = copy.deepcopy(raw)
+    raw["router"].update({"target": "budget", "budget": 0.97, "epochs": 60, "knn_k": [5], "logistic_l2": [10.0]})
+    raw["cascade"].update({"method": "quantile", "rungs": ["mixed", "f95"], "epsilon": 0.5, "delta": 0.5})
+    return raw
+
+
 @pytest.fixture(scope="module")
 def deployed(tiny_ladder, tiny_base):  # noqa: F811
-    """Every rung evaluated, then router, cascade and manifest, by the real stage entry points.
-
-    FLOPs as the cost (deterministic, unlike tiny latencies); a budget router and the quantile
-    cascade, so both send real traffic to cheap rungs on a random model."""
+    """Every rung evaluated, then the routing stages and the manifest, by the real stage entry points."""
     root = tiny_ladder
-    raw = yaml.safe_load((root / "params.yaml").read_text())
-    raw["evaluate"]["routing_cost"] = "flops"
-    raw["router"].update({"target": "budget", "budget": 0.97, "epochs": 60})  # cheapest rung: 0.94
-    raw["cascade"].update({"method": "quantile", "rungs": ["mixed", "f95"], "epsilon": 0.1})
+    raw = deploy_params(yaml.safe_load((root / "params.yaml").read_text()))
     params = str(write_params(root / "deploy_params.yaml", raw))
-    common = ["--params", params]
-    for rung in raw["rungs"]:
-        evaluate.main([*common, "--rung", rung, "--ladder-dir", str(root / "ladder"), "--data", str(root / "data"),
-                       "--out", str(root / "eval" / rung)])
-    router.main([*common, "--eval-dir", str(root / "eval"), "--ladder-dir", str(root / "ladder"),
-                 "--data", str(root / "data"), "--out", str(root / "router")])
-    cascade.main([*common, "--eval-dir", str(root / "eval"), "--out", str(root / "cascade")])
-    manifest.main([*common, "--base", str(tiny_base), "--ladder-dir", str(root / "ladder"),
-                   "--eval-dir", str(root / "eval"), "--router", str(root / "router"),
-                   "--cascade", str(root / "cascade"), "--out", str(root / "manifest.yaml"),
-                   "--vllm-sr-out", str(root / "vllm_semantic_router.yaml")])
+    build_routing(root, params, tiny_base)
     return root
 
 
 def test_stage_outputs(deployed):
     r = json.loads((deployed / "router" / "metrics.json").read_text())
-    assert r["calibration"]["calibration_cost"] <= 0.97 + 1e-9  # the budget held where it was chosen
-    for key in ("always_dense", "always_cheapest", "random_matched_cost", "oracle", "single_rung_hull"):
-        assert key in r["test"]
-    assert r["test"]["oracle"]["accuracy"] >= max(v["accuracy"] for v in r["test"]["single_rungs"].values())
+    assert r["certified"]["calibration_cost"] <= 0.97 + 1e-9  # the budget held where it was chosen
+    assert r["cost_kind"] == "flops" and r["relative_cost"]["dense"] == 1.0
+    assert r["model"]["chosen"] in r["model"]["cv_log_loss"] and "task_rate" in r["model"]["cv_log_loss"]
+    # unstructured / N:M rungs cost what dense costs: never router candidates
+    assert not {"wanda50", "wanda60", "nm24"} & set(r["candidates"])
+    t = r["test"]
+    for key in ("always_dense", "always_cheapest", "random_matched_cost", "oracle", "single_rung_hull",
+                "router_minus_random", "router_minus_hull"):
+        assert key in t
+    acc = t["router"]["accuracy"]
+    assert acc["lo"] <= acc["value"] <= acc["hi"]  # every figure carries its interval
+    assert t["oracle"]["accuracy"]["value"] >= max(v["accuracy"]["value"] for v in t["single_rungs"].values())
     c = json.loads((deployed / "cascade" / "metrics.json").read_text())
     assert c["order"][-1] == "dense" and set(c["order"]) <= {"mixed", "f95", "dense"}
     q = c["test"]["quantile"]
     assert sum(q["share_answered"].values()) == pytest.approx(1.0)
-    assert q["bound_held"] == (q["drop"] <= 0.1)
-    for d in ("router", "cascade"):
+    assert q["bound_held"] == (q["drop"]["value"] <= 0.5)
+    assert set(c["deferral_cv"]) == {"mixed", "f95"}
+    e = json.loads((deployed / "escalate" / "metrics.json").read_text())
+    assert e["certified"]["threshold"] is None or e["ltt"]["rejected"] >= 1
+    table = json.loads((deployed / "compare" / "table.json").read_text())
+    assert {"dense", "router", "cascade", "route-then-escalate", "oracle", "random at the router's cost",
+            "single-rung hull at the router's cost"} <= set(table["rows"])
+    assert table["rows"]["router"]["accuracy"] == t["router"]["accuracy"]  # same decisions, same resamples
+    for d in ("router", "cascade", "escalate"):
         assert (deployed / d / "curves.png").stat().st_size > 1000
-    sr = yaml.safe_load((deployed / "vllm_semantic_router.yaml").read_text())
-    assert sr["version"] == "v0.3" and sr["routing"]["decisions"][0]["algorithm"]["type"] == "confidence"
+        band = (deployed / d / "band.csv").read_text().splitlines()
+        assert band[0] == "relative_cost,accuracy,accuracy_lo,accuracy_hi" and len(band) > 2
     assert not list(deployed.glob("router/*.pkl")) and (deployed / "router" / "router.safetensors").exists()
+    sp = json.loads((deployed / "speed" / "speed.json").read_text())
+    assert set(sp["rungs"]) == set(r["rung_cost"]) and sp["rungs"]["dense"]["relative_query_ms"] == 1.0
 
 
 def test_runtime_reproduces_router_and_cascade_decisions_on_the_test_split(deployed):
