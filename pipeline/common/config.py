@@ -321,11 +321,11 @@ class RouterConfig(Strict):
 
     features: Literal["minilm", "hidden_state"] = "minilm"
     # Risk-model families compared by cross-validated log-loss on router-train; the best is kept.
-    models: list[Literal["base_rate", "task_rate", "knn", "logistic", "mlp"]] = [
+    models: Annotated[list[Literal["base_rate", "task_rate", "knn", "logistic", "mlp"]], Field(min_length=1)] = [
         "base_rate", "task_rate", "knn", "logistic", "mlp"]
     folds: Annotated[int, Field(ge=2, le=20)] = 5
-    knn_k: list[PositiveInt] = [10, 30, 100]  # each k is one candidate
-    logistic_l2: list[Annotated[float, Field(gt=0.0)]] = [1.0, 10.0, 100.0]  # each strength is one candidate
+    knn_k: Annotated[list[PositiveInt], Field(min_length=1)] = [10, 30, 100]  # each k is one candidate
+    logistic_l2: Annotated[list[Annotated[float, Field(gt=0.0)]], Field(min_length=1)] = [1.0, 10.0, 100.0]  # each strength is one candidate
     target: Literal["accuracy", "budget"] = "accuracy"  # accuracy: LTT-certified drop | budget: mean cost
     epsilon: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05  # accuracy target: tolerated drop against dense
     delta: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1  # P(drop > epsilon) <= delta
