@@ -259,3 +259,30 @@ def test_learn_then_test_bound_holds_at_the_stated_rate_and_the_naive_rule_does_
     assert ltt_viol / seeds <= delta + 0.064
     assert np.mean(ltt_costs) > 0.1  # it is not trivially always-dense
     assert naive_viol / seeds > delta + 0.1  # the plug-in rule overshoots often (~0.3): the check can fail
+
+
+def test_rung_costs_analytic_from_config_or_measured_from_speed(tmp_path):
+    import json
+
+    from pipeline.common.config import CostConfig
+    from pipeline.routing.costs import rung_costs
+
+    cfg = {"num_hidden_layers": 4, "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+           "head_dim": 16, "intermediate_size": 128, "vocab_size": 1000}
+    for name, inter in (("dense", 128), ("small", 32)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({**cfg, "intermediate_size": inter}))
+    c = rung_costs(CostConfig(prompt_tokens=32, scored_tokens=4), ["dense", "small"], tmp_path, None)
+    assert c.kind == "flops" and c.relative[0] == 1.0 and 0 < c.relative[1] < 1
+    assert c.raw[0] == query_flops(cfg, 32, 4)["total"]
+    speed = {"prompt_tokens": 32, "scored_tokens": 4,
+             "rungs": {"dense": {"query_ms": 10.0}, "small": {"query_ms": 4.0}}}
+    (tmp_path / "speed.json").write_text(json.dumps(speed))
+    lat = CostConfig(kind="latency", prompt_tokens=32, scored_tokens=4)
+    c = rung_costs(lat, ["dense", "small"], tmp_path, tmp_path / "speed.json")
+    assert c.unit == "ms/query" and c.relative.tolist() == [1.0, 0.4]
+    with pytest.raises(ValueError, match="re-run `dvc repro speed`"):  # timed another query than asked
+        rung_costs(CostConfig(kind="latency", prompt_tokens=64, scored_tokens=4), ["dense"], tmp_path,
+                   tmp_path / "speed.json")
+    with pytest.raises(FileNotFoundError, match="dvc repro speed"):
+        rung_costs(lat, ["dense"], tmp_path, tmp_path / "missing.json")

@@ -11,8 +11,8 @@ into the known tasks (-1: unknown), y [N, R] harm of each candidate rung):
   rung whose strength comes from the spread of the task rates, method of moments);
 - `knn:<k>`: the k most similar router-train queries (cosine on the features), their harm rate
   shrunk towards the task rate with a pseudo-count of 5;
-- `logistic:<l2>`: L2-penalised logistic regression on standardised features + task one-hot,
-  fitted by Newton's method in float64 (deterministic, no library beyond numpy);
+- `logistic:<l2>`: L2-penalised logistic regression on the features' top 64 principal components
+  (standardised) + task one-hot, fitted by Newton's method in float64 (no library beyond numpy);
 - `mlp`: a two-layer MLP on the same inputs (torch, one thread, seeded, epochs by early stopping).
 `select` compares them by K-fold cross-validated log-loss on router-train and keeps the best.
 Everything a model needs at serving time is in `state()` (arrays, saved as safetensors) and
@@ -145,9 +145,21 @@ class KNN:
         return m
 
 
-def _design(x, task, n_tasks, mean, std):
-    z = (np.asarray(x, dtype=np.float64) - mean) / std
+LOGISTIC_COMPONENTS = 64  # principal components of the features the logistic model sees
+
+
+def _design(x, task, n_tasks, mean, basis, scale):
+    z = ((np.asarray(x, dtype=np.float64) - mean) @ basis.T) / scale
     return np.concatenate([z, one_hot(task, n_tasks), np.ones((len(z), 1))], axis=1)
+
+
+def principal_basis(x: np.ndarray, k: int) -> np.ndarray:
+    """[min(k, D, N), D] the top principal directions of centred x, each signed so that its largest
+    coordinate is positive (SVD's sign is arbitrary; this makes it reproducible)."""
+    vals, vecs = np.linalg.eigh(x.T @ x)  # D x D: far cheaper than an SVD of N x D
+    vt = vecs[:, np.argsort(-vals, kind="stable")[:min(k, x.shape[0], x.shape[1])]].T
+    flip = np.sign(vt[np.arange(len(vt)), np.abs(vt).argmax(1)])
+    return vt * np.where(flip == 0, 1.0, flip)[:, None]
 
 
 def fit_logistic(z: np.ndarray, y: np.ndarray, l2: float, iters: int = 50, tol: float = 1e-9) -> np.ndarray:
@@ -171,6 +183,10 @@ def fit_logistic(z: np.ndarray, y: np.ndarray, l2: float, iters: int = 50, tol: 
 
 
 class Logistic:
+    """L2-penalised logistic regression per rung on the features' top principal components
+    (standardised) + task one-hot: a few hundred router-train queries cannot support hundreds of
+    raw embedding weights, and Newton's method on 64 + tasks inputs takes a second, not a minute."""
+
     name = "logistic"
 
     def __init__(self, n_tasks: int, l2: float):
@@ -178,24 +194,27 @@ class Logistic:
 
     def fit(self, x, task, y):
         x = np.asarray(x, dtype=np.float64)
-        self.mean, self.std = x.mean(0), np.maximum(x.std(0), 1e-6)
-        z = _design(x, task, self.n_tasks, self.mean, self.std)
+        self.mean = x.mean(0)
+        self.basis = principal_basis(x - self.mean, LOGISTIC_COMPONENTS)
+        self.scale = np.maximum(((x - self.mean) @ self.basis.T).std(0), 1e-6)
+        z = _design(x, task, self.n_tasks, self.mean, self.basis, self.scale)
         self.weights = np.stack([fit_logistic(z, y[:, r], self.l2) for r in range(y.shape[1])], axis=1)
         return self
 
     def predict(self, x, task):
-        return 1 / (1 + np.exp(-(_design(x, task, self.n_tasks, self.mean, self.std) @ self.weights)))
+        return 1 / (1 + np.exp(-(_design(x, task, self.n_tasks, self.mean, self.basis, self.scale) @ self.weights)))
 
     def state(self):
-        return {"weights": self.weights, "mean": self.mean, "std": self.std}
+        return {"weights": self.weights, "mean": self.mean, "basis": self.basis, "scale": self.scale}
 
     def config(self):
-        return {"l2": self.l2, "inputs": "standardised features, task one-hot, intercept"}
+        return {"l2": self.l2, "components": int(self.basis.shape[0]),
+                "inputs": "top principal components of the features (standardised), task one-hot, intercept"}
 
     @classmethod
     def restore(cls, config, state, n_tasks):
         m = cls(n_tasks, config["l2"])
-        m.weights, m.mean, m.std = state["weights"], state["mean"], state["std"]
+        m.weights, m.mean, m.basis, m.scale = state["weights"], state["mean"], state["basis"], state["scale"]
         return m
 
 
