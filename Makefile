@@ -48,7 +48,7 @@ compare-baselines: setup
 bench-eval: setup
 	$(BIN)/python benchmarks/evaluate_ladder.py
 
-# Re-splits calibration/test many times: the cascade's observed violation rate next to delta.
-# Needs the evaluation built (`make repro`); runs in seconds.
+# Re-splits calibration/test many times: the observed violation rate of the router, the cascade and
+# route-then-escalate next to delta. Needs the router and cascade built (`make repro`); a few minutes.
 bench-cascade: setup
 	$(BIN)/python benchmarks/cascade_bound.py --repeats 500

@@ -1,8 +1,8 @@
 """Ladder: calibrate, prune and evaluate one causal LM into a ladder of rungs, then route between them.
 
 The modules at this level are the pipeline's stages, each run as `python -m pipeline.<stage>`
-(see dvc.yaml): base, data, calibrate, teacher, prune, evaluate, report, router, cascade,
-manifest, plus `params` (compose params.yaml) and `serve` (the reference runtime).
+(see dvc.yaml): base, data, calibrate, teacher, prune, evaluate, report, speed, router, cascade,
+escalate, compare, manifest, plus `params` (compose params.yaml) and `serve` (the reference runtime).
 
 The subpackages are the library the stages use:
   common/      config schema, stage start-up, atomic writes, packaged assets, W&B tracking
@@ -11,6 +11,7 @@ The subpackages are the library the stages use:
                weight sparsity, healing
   evaluation/  lm-eval tasks (catalog, packaged redirection, ids), token budgets, text,
                stable splits, log-likelihood scoring and its lm-eval backend
-  routing/     per-query outcomes, routing metrics, the router model, cascade thresholds
+  routing/     per-query outcomes, routing costs, risk models, policies (Pareto front, routing,
+               escalation), cascade deferral and thresholds (Learn-then-Test), bootstrap intervals
   deploy/      the manifest schema the runtime trusts
 """

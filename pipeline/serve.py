@@ -11,9 +11,13 @@ Command line:
         --context "Question: What do plants need?\\nAnswer:" --choices " sunlight" " salt"
     python -m pipeline.serve --strategy cascade --items artifacts/data/tasks.jsonl --split test
 
-Strategies: `router` (the learned router picks one rung), `cascade` (cheapest rung first,
-escalate while its confidence is below the rung's threshold; a rung with no threshold is
-skipped), `rung=<name>` (always that rung). Rungs load lazily, on first use. Costs are in the
+Strategies: `router` (the learned router picks one rung: the cheapest whose predicted risk of
+being wrong where dense is right is below the certified threshold), `cascade` (cheapest rung
+first, escalate while its deferral score is below the rung's threshold; a rung with no threshold
+is skipped), `escalate` (route-then-escalate: the router's rung, then dense if that rung's
+deferral risk is above the threshold), `rung=<name>` (always that rung). The task of a query
+(`task=`, `--task`) is an input of the router and the deferral rule; an unknown or missing task
+uses their task-free estimate. Rungs load lazily, on first use. Costs are in the
 manifest's unit (ms of measured latency, or FLOPs/token) and count every rung run.
 Scoring is the evaluation's (`pipeline/scoring.py`), so answers and confidences match it.
 """
@@ -39,12 +43,12 @@ class Answer:
     answer: int  # index into the choices
     choice: str
     rung: str  # the rung that answered
-    confidence: float  # that rung's confidence (the cascade's signal)
+    confidence: float  # 1 - that rung's deferral risk (1.0 for dense and rungs without a deferral rule)
     cost: float  # in `unit`, every rung run
     relative_cost: float  # cost / dense's
     unit: str
     rungs_tried: list[str] = field(default_factory=list)
-    router_probability: float | None = None  # router strategy: predicted success of the chosen rung
+    router_risk: float | None = None  # router strategy: predicted P(chosen rung wrong, dense right)
 
 
 class LadderRuntime:
@@ -54,6 +58,7 @@ class LadderRuntime:
         self.root = self.path.parent
         self._models: dict[str, tuple] = {}
         self._router = None
+        self._deferral = None
         if verify:
             self.verify()
 
@@ -78,6 +83,7 @@ class LadderRuntime:
         self._check(router_dir / m.router.weights, m.router.weights_sha256, "router weights")
         self._check(router_dir / m.router.config, m.router.config_sha256, "router config")
         self._check(self.root / m.cascade.path, m.cascade.sha256, "cascade thresholds")
+        self._check(self.root / m.escalate.path, m.escalate.sha256, "route-then-escalate threshold")
 
     # --- rungs --------------------------------------------------------------
 
@@ -109,10 +115,19 @@ class LadderRuntime:
 
         return answer_of(record, self.manifest.prediction)[0]
 
-    def _confidence(self, record: dict) -> float:
-        from pipeline.routing.outcomes import signal_value
+    def deferral(self):
+        """The cascade's deferral rule (also route-then-escalate's), from its thresholds file."""
+        if self._deferral is None:
+            from pipeline.routing.deferral import Deferral
 
-        return signal_value(record, self.manifest.cascade.signal)
+            self._deferral = Deferral.from_json(json.loads((self.root / self.manifest.cascade.path).read_text())["deferral"])
+        return self._deferral
+
+    def _deferral_risk(self, rung: str, record: dict, task: str | None) -> float:
+        from pipeline.routing.deferral import record_signals
+
+        d = self.deferral()
+        return float(d.risk(rung, record_signals(record), d.task_index(task))[0])
 
     def _cost(self, rungs: list[str]) -> tuple[float, float]:
         return (sum(self.manifest.rung(r).routing_cost for r in rungs),
@@ -120,36 +135,45 @@ class LadderRuntime:
 
     # --- strategies ---------------------------------------------------------
 
-    def route(self, context: str, choices: list[str]) -> tuple[str, list[float]]:
-        """The router's pick for a query, and its predicted success for every rung."""
-        from pipeline.routing.features import Featurizer, query_text
-        from pipeline.routing.router_model import load_router, route
-
-        if self._router is None:
-            net, meta = load_router(self.root / self.manifest.router.path)
-            dense_dir = self.root / self.manifest.rung("dense").path
-            kind = meta["features"]["kind"]
-            self._router = (net, meta, Featurizer(kind, dense_dir if kind == "hidden_state" else None))
-        net, meta, feat = self._router
-        probs = net.predict(feat([query_text(context, choices)], batch_size=1))
+    def route(self, context: str, choices: list[str], task: str | None = None,
+              threshold: float | None = "manifest") -> tuple[str, dict[str, float]]:
+        """The router's pick for a query, and its predicted risk for every candidate rung."""
         import numpy as np
 
-        k = int(route(probs, np.asarray(meta["cost"]), meta["threshold"])[0])
-        return meta["rungs"][k], [float(p) for p in probs[0]]
+        from pipeline.routing.features import Featurizer, query_text
+        from pipeline.routing.policies import route
+        from pipeline.routing.risk_models import load_router
 
-    def answer(self, context: str, choices: list[str], strategy: str = "cascade") -> Answer:
+        if self._router is None:
+            model, meta = load_router(self.root / self.manifest.router.path)
+            dense_dir = self.root / self.manifest.rung("dense").path
+            kind = meta["features"]["kind"]
+            self._router = (model, meta, Featurizer(kind, dense_dir if kind == "hidden_state" else None))
+        model, meta, feat = self._router
+        x = feat([query_text(context, choices)], batch_size=1).double().numpy()
+        tasks = meta["tasks"]
+        t_idx = np.asarray([tasks.index(task) if task in tasks else -1])
+        cands = [meta["rungs"].index(r) for r in meta["candidates"]]
+        risk = model.predict(x, t_idx) if cands else np.zeros((1, 0))
+        t = meta["threshold"] if threshold == "manifest" else threshold
+        k = int(route(risk, cands, -np.inf if t is None else t)[0])
+        return meta["rungs"][k], {r: float(v) for r, v in zip(meta["candidates"], risk[0])}
+
+    def answer(self, context: str, choices: list[str], strategy: str = "cascade", task: str | None = None) -> Answer:
         if len(choices) < 2:
             raise ValueError(f"a multiple-choice query needs at least 2 choices, got {len(choices)}")
         if strategy == "cascade":
-            return self._cascade(context, choices)
+            return self._cascade(context, choices, task)
+        if strategy == "escalate":
+            return self._escalate(context, choices, task)
         if strategy == "router":
-            rung, probs = self.route(context, choices)
+            rung, risk = self.route(context, choices, task)
             a = self._single(rung, context, choices)
-            a.router_probability = probs[self._router[1]["rungs"].index(rung)]  # meta loaded by route()
+            a.router_risk = risk.get(rung)
             return a
         if strategy.startswith("rung="):
             return self._single(strategy.removeprefix("rung="), context, choices)
-        raise ValueError(f"unknown strategy '{strategy}'; allowed: router, cascade, rung=<name> "
+        raise ValueError(f"unknown strategy '{strategy}'; allowed: router, cascade, escalate, rung=<name> "
                          f"(rungs: {[r.name for r in self.manifest.rungs]})")
 
     def _single(self, rung: str, context: str, choices: list[str]) -> Answer:
@@ -157,9 +181,11 @@ class LadderRuntime:
         rec = self.score(rung, context, choices)
         k = self._answer_of(rec)
         cost, rel = self._cost([rung])
-        return Answer(k, choices[k], rung, self._confidence(rec), cost, rel, self.manifest.costs.unit, [rung])
+        d = self.deferral()
+        conf = 1.0 - self._deferral_risk(rung, rec, None) if d.kind == "signal" or rung in d.per_rung else 1.0
+        return Answer(k, choices[k], rung, conf, cost, rel, self.manifest.costs.unit, [rung])
 
-    def _cascade(self, context: str, choices: list[str]) -> Answer:
+    def _cascade(self, context: str, choices: list[str], task: str | None) -> Answer:
         c = self.manifest.cascade
         tried = []
         for rung, threshold in zip(c.order, [*c.thresholds, None]):
@@ -168,18 +194,37 @@ class LadderRuntime:
                 continue  # this rung can never answer: not run, not paid for
             rec = self.score(rung, context, choices)
             tried.append(rung)
-            conf = self._confidence(rec)
+            conf = 1.0 if last else 1.0 - self._deferral_risk(rung, rec, task)
             if last or conf >= threshold:
                 k = self._answer_of(rec)
                 cost, rel = self._cost(tried)
                 return Answer(k, choices[k], rung, conf, cost, rel, self.manifest.costs.unit, tried)
         raise AssertionError("unreachable: the last rung always answers")
 
+    def _escalate(self, context: str, choices: list[str], task: str | None) -> Answer:
+        t = self.manifest.escalate.threshold
+        start, risk = self.route(context, choices, task, threshold=t)
+        tried = [start]
+        rec = self.score(start, context, choices)
+        conf = 1.0
+        if start != "dense":
+            post = self._deferral_risk(start, rec, task)
+            conf = 1.0 - post
+            if post > t:  # unsure: dense answers, and the query pays for both
+                tried.append("dense")
+                rec, conf = self.score("dense", context, choices), 1.0
+        k = self._answer_of(rec)
+        cost, rel = self._cost(tried)
+        a = Answer(k, choices[k], tried[-1], conf, cost, rel, self.manifest.costs.unit, tried)
+        a.router_risk = risk.get(start)
+        return a
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.serve", description=__doc__.split("\n")[0])
     ap.add_argument("--manifest", default="artifacts/manifest.yaml")
-    ap.add_argument("--strategy", default="cascade", help="router | cascade | rung=<name>")
+    ap.add_argument("--strategy", default="cascade", help="router | cascade | escalate | rung=<name>")
+    ap.add_argument("--task", default=None, help="the query's task (e.g. arc_easy), if known")
     ap.add_argument("--context", help="the prompt of one query")
     ap.add_argument("--choices", nargs="+", help="its answer choices")
     ap.add_argument("--items", help="a tasks.jsonl of queries to answer (e.g. artifacts/data/tasks.jsonl)")
@@ -196,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         items = [it for it in items if args.split is None or it["split"] == args.split][:args.limit]
         right, cost = 0, 0.0
         for it in items:
-            a = rt.answer(it["context"], it["choices"], args.strategy)
+            a = rt.answer(it["context"], it["choices"], args.strategy, it.get("task"))
             right += a.answer == it["gold"]
             cost += a.relative_cost
             print(json.dumps({"id": it["id"], **asdict(a), "correct": a.answer == it["gold"]}))
@@ -207,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.context or not args.choices:
         ap.error("give --context and --choices, or --items")
     try:
-        print(json.dumps(asdict(rt.answer(args.context, args.choices, args.strategy)), indent=2))
+        print(json.dumps(asdict(rt.answer(args.context, args.choices, args.strategy, args.task)), indent=2))
     except (ValueError, KeyError) as exc:
         print(f"serve: {exc}", file=sys.stderr)
         return 2

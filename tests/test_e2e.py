@@ -75,12 +75,17 @@ def test_dvc_repro_then_exp_run_on_tiny_preset(repo_copy):
     metrics = _sh([*dvc, "metrics", "show", "--json"], repo, env)
     assert "acc_norm" in metrics and "perplexity" in metrics and "aiq" in metrics
     # The deployable end of the graph: router, cascade, manifest, and the runtime reading it.
-    assert {"router", "cascade", "manifest"} <= set(lock["stages"])
+    assert {"speed", "router", "cascade", "escalate", "compare", "manifest"} <= set(lock["stages"])
     man = yaml.safe_load((repo / "artifacts/manifest.yaml").read_text())
-    assert [r["name"] for r in man["rungs"]] == ["dense", *rungs] and man["schema_version"] == 1
+    assert [r["name"] for r in man["rungs"]] == ["dense", *rungs] and man["schema_version"] == 2
     served = _sh([sys.executable, "-m", "pipeline.serve", "--strategy", "cascade", "--items",
                   "artifacts/data/tasks.jsonl", "--split", "test", "--limit", "2"], repo, env)
     assert served.count('"rung"') == 2 and "mean cost" in served
+    served = _sh([sys.executable, "-m", "pipeline.serve", "--strategy", "escalate", "--items",
+                  "artifacts/data/tasks.jsonl", "--split", "test", "--limit", "2"], repo, env)
+    assert served.count('"rung"') == 2
+    table = json.loads((repo / "artifacts/compare/table.json").read_text())
+    assert table["rows"]["router"]["accuracy"]["lo"] <= table["rows"]["router"]["accuracy"]["hi"]
 
     # Nothing changed: nothing reruns.
     again = _sh([*dvc, "repro"], repo, env)

@@ -375,27 +375,62 @@ class EvaluateConfig(Strict):
 
 
 class RouterConfig(Strict):
-    """Query -> P(each rung answers correctly); the cheapest rung above a threshold (`router`)."""
+    """Query -> per rung, P(the rung is wrong where dense is right); the cheapest rung whose risk is
+    below a threshold certified by Learn-then-Test (`router`)."""
 
     features: Literal["minilm", "hidden_state"] = "minilm"
-    target: Literal["accuracy", "budget"] = "accuracy"  # what the threshold is chosen to meet
-    epsilon: Annotated[float, Field(ge=0.0, le=1.0)] = 0.02  # accuracy target: within epsilon of dense
+    # Risk-model families compared by cross-validated log-loss on router-train; the best is kept.
+    models: Annotated[list[Literal["base_rate", "task_rate", "knn", "logistic", "mlp"]], Field(min_length=1)] = [
+        "base_rate", "task_rate", "knn", "logistic", "mlp"]
+    folds: Annotated[int, Field(ge=2, le=20)] = 5
+    knn_k: Annotated[list[PositiveInt], Field(min_length=1)] = [10, 30, 100]  # each k is one candidate
+    logistic_l2: Annotated[list[Annotated[float, Field(gt=0.0)]], Field(min_length=1)] = [1.0, 10.0, 100.0]  # each strength is one candidate
+    target: Literal["accuracy", "budget"] = "accuracy"  # accuracy: LTT-certified drop | budget: mean cost
+    epsilon: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05  # accuracy target: tolerated drop against dense
+    delta: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1  # P(drop > epsilon) <= delta
     budget: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5  # budget target: mean cost <= budget x dense
-    hidden_dim: PositiveInt = 128
-    epochs: PositiveInt = 300
+    grid: PositiveInt = 50  # risk thresholds tested in sequence by Learn-then-Test
+    hidden_dim: PositiveInt = 128  # mlp
+    epochs: PositiveInt = 300  # mlp: at most; early stopping picks the count
     lr: Annotated[float, Field(gt=0.0, le=1.0)] = 3e-4
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.01
 
 
 class CascadeConfig(Strict):
-    """Start at the cheapest rung, escalate while its confidence is low (`cascade`)."""
+    """Start at the cheapest rung, escalate while it is unsure (`cascade`); also the escalation rule
+    of route-then-escalate (`escalate`), which starts at the router's rung."""
 
     signal: Literal["msp", "margin", "entropy", "msp_norm", "margin_norm", "entropy_norm"] = "msp_norm"
+    # learned: P(rung wrong where dense is right) from every confidence signal + the task (logistic,
+    # fitted on router-train); signal: `signal` alone, as a confidence.
+    deferral: Literal["learned", "signal"] = "learned"
+    deferral_l2: Annotated[float, Field(gt=0.0)] = 1.0
     method: Literal["ltt", "quantile"] = "ltt"  # which rule's thresholds the manifest deploys
     epsilon: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05  # tolerated accuracy drop against dense
     delta: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1  # P(drop > epsilon) <= delta
-    rungs: list[str] | None = None  # rungs tried before dense; null: every rung cheaper than dense
+    rungs: list[str] | None = None  # rungs tried before dense; null: chosen on router-train
     grid: PositiveInt = 50  # acceptance levels tested in sequence by Learn-then-Test
+
+
+class SpeedConfig(Strict):
+    """Measured latency (`speed`): every rung timed in one process, interleaved, several repeats."""
+
+    decode_tokens: PositiveInt = 16  # tokens generated one at a time (KV cache) for the decode figure
+    warmup: Annotated[int, Field(ge=0)] = 1
+    repeats: PositiveInt = 5
+
+
+class CostConfig(Strict):
+    """The cost router, cascade and route-then-escalate trade against, per rung.
+
+    flops (default): analytic FLOPs of answering one query (`pipeline/models/cost.py:query_flops`),
+    from each rung's config.json; deterministic. latency: the `speed` stage's measured median
+    prefill time of the same query, on this machine."""
+
+    kind: Literal["flops", "latency"] = "flops"
+    prompt_tokens: PositiveInt = 256  # the query's prompt
+    scored_tokens: PositiveInt = 16  # answer tokens scored (lm_head runs only on these)
+    speed: SpeedConfig = SpeedConfig()
 
 
 class TrackingConfig(Strict):
@@ -414,6 +449,7 @@ class Config(Strict):
     evaluate: EvaluateConfig = EvaluateConfig()
     router: RouterConfig = RouterConfig()
     cascade: CascadeConfig = CascadeConfig()
+    cost: CostConfig = CostConfig()
     tracking: TrackingConfig = TrackingConfig()
 
 

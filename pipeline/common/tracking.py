@@ -57,12 +57,18 @@ class Tracker:
         if self.run is not None:
             self.run.summary.update(metrics)
 
-    def curves(self, prefix: str, curves: dict[str, list[tuple[float, float]]], picture=None) -> None:
-        """Accuracy-vs-cost curves as one W&B line chart (x: relative cost), plus the picture."""
+    def curves(self, prefix: str, curves: dict[str, list[tuple[float, float]]], picture=None,
+               bands: dict[str, list[dict]] | None = None) -> None:
+        """Accuracy-vs-cost curves as one W&B line chart (x: relative cost), plus the picture.
+        `bands`: per curve, one {lo, hi} per point: drawn as two more lines (the 95% interval)."""
         if self.run is None:
             return
         import wandb
 
+        curves = dict(curves)
+        for name, bs in (bands or {}).items():
+            curves[f"{name} 95% lo"] = [(c, b["lo"]) for (c, _), b in zip(curves[name], bs)]
+            curves[f"{name} 95% hi"] = [(c, b["hi"]) for (c, _), b in zip(curves[name], bs)]
         names = list(curves)
         sorted_pts = [sorted(curves[n]) for n in names]
         chart = wandb.plot.line_series(xs=[[c for c, _ in p] for p in sorted_pts],
@@ -72,6 +78,12 @@ class Tracker:
         if picture is not None:
             logged[f"{prefix}/curves_png"] = wandb.Image(str(picture))
         self.run.log(logged)
+
+    def table(self, key: str, columns: list[str], rows: list[list]) -> None:
+        if self.run is not None:
+            import wandb
+
+            self.run.log({key: wandb.Table(columns=columns, data=rows)})
 
     def artifact(self, name: str, kind: str, files: list, metadata: dict | None = None) -> None:
         if self.run is None:

@@ -1,8 +1,11 @@
-"""The deployment manifest's schema (version 1): what `artifacts/manifest.yaml` must hold.
+"""The deployment manifest's schema (version 2): what `artifacts/manifest.yaml` must hold.
 
 Paths are relative to the manifest's own directory, so the `artifacts/` folder can be moved or
 copied as a whole. Every weights file carries its sha256, which the runtime checks before use.
-A change that breaks readers of version 1 must bump `schema_version`.
+A change that breaks readers must bump `schema_version`. Version 2: the router predicts risk
+against dense and carries a Learn-then-Test certificate; the cascade's deferral is a learned rule
+kept in its thresholds file; route-then-escalate (`escalate`); the cost model is analytic by
+default, and measured timings appear only when they are the cost (`costs.kind: latency`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 NonNeg = Annotated[float, Field(ge=0.0)]
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -40,12 +43,21 @@ class Rung(Strict):
     nonzero_params: int
     flops_per_token: int
     relative_flops: NonNeg
-    latency_ms: dict[str, NonNeg]
-    throughput_tokens_per_s: NonNeg
+    latency_ms: dict[str, NonNeg] | None  # measured (`speed`); only when costs.kind is latency
+    throughput_tokens_per_s: NonNeg | None  # measured; only when costs.kind is latency
     routing_cost: NonNeg  # in `costs.unit`
     relative_cost: NonNeg  # routing cost / dense's
     perplexity: NonNeg
     accuracy: dict[str, Unit]  # per task and "mean", under `prediction`
+
+
+class Certificate(Strict):
+    """Learn-then-Test on the calibration split: P(accuracy drop against dense > epsilon) <= delta."""
+
+    epsilon: Unit
+    delta: Unit
+    calibration_size: int
+    calibration_drop_upper_bound: float
 
 
 class Router(Strict):
@@ -55,21 +67,35 @@ class Router(Strict):
     config: str
     config_sha256: Sha256
     features: Literal["minilm", "hidden_state"]
-    threshold: float
+    model: str  # the risk model chosen by cross-validation, e.g. knn:30, logistic:10, task_rate
+    candidates: list[str]  # rungs it may send a query to (Pareto front), cheapest first; dense is the fallback
+    threshold: float | None  # route to the cheapest candidate with risk <= threshold; null: always dense
     target: Literal["accuracy", "budget"]
-    metrics: dict  # test-split figures, see artifacts/router/metrics.json
+    certificate: Certificate | None  # null for the budget target (no guarantee)
+    metrics: dict  # test-split figures with 95% intervals, see artifacts/router/metrics.json
 
 
 class Cascade(Strict):
     path: str
     sha256: Sha256
     order: list[str] = Field(min_length=1)
+    deferral: Literal["learned", "signal"]
     signal: str
     method: Literal["ltt", "quantile"]
     thresholds: list[float | None]  # null: the rung is skipped
     epsilon: Unit
     delta: Unit
     calibration_size: int
+    test_metrics: dict
+
+
+class Escalate(Strict):
+    """Route-then-escalate: the router's rung at `threshold`, then dense if its deferral risk > threshold."""
+
+    path: str
+    sha256: Sha256
+    threshold: float | None  # null: always dense
+    certificate: Certificate
     test_metrics: dict
 
 
@@ -84,10 +110,12 @@ class Build(Strict):
 class Costs(Strict):
     kind: Literal["latency", "flops"]
     unit: str
+    prompt_tokens: int  # the costed query: prompt tokens ...
+    scored_tokens: int  # ... and answer tokens scored (lm_head runs on these only)
 
 
 class Manifest(Strict):
-    schema_version: Literal[1]
+    schema_version: Literal[2]
     name: str
     prediction: Literal["acc", "acc_norm"]
     base: dict  # the base stage's provenance.json: source, sha256, architecture, versions
@@ -95,6 +123,7 @@ class Manifest(Strict):
     rungs: list[Rung] = Field(min_length=1)
     router: Router
     cascade: Cascade
+    escalate: Escalate
     build: Build
 
     def rung(self, name: str) -> Rung:
@@ -120,10 +149,10 @@ def validate_manifest(raw: object, source: str = "manifest") -> Manifest:
         lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
         raise ManifestError(f"{source} does not fit schema version {SCHEMA_VERSION}:\n" + "\n".join(lines)) from None
     names = [r.name for r in m.rungs]
-    missing = [r for r in m.cascade.order if r not in names]
+    missing = [r for r in m.cascade.order + m.router.candidates if r not in names]
     if missing or names[0] != "dense":
-        raise ManifestError(f"{source}: rungs must start with dense and include the cascade's order "
-                            f"(rungs {names}, cascade {m.cascade.order})")
+        raise ManifestError(f"{source}: rungs must start with dense and include the cascade's order and the router's "
+                            f"candidates (rungs {names}, cascade {m.cascade.order}, router {m.router.candidates})")
     if len(m.cascade.thresholds) != len(m.cascade.order) - 1:
         raise ManifestError(f"{source}: cascade has {len(m.cascade.thresholds)} thresholds for "
                             f"{len(m.cascade.order)} rungs (want one per rung before dense)")

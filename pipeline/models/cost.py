@@ -52,3 +52,34 @@ def module_sparsity(model: nn.Module) -> dict[str, float]:
         if isinstance(m, (nn.Linear, nn.Embedding)):
             out[name] = round(1.0 - int(m.weight.count_nonzero()) / m.weight.numel(), 6)
     return out
+
+
+def query_flops(config: dict, prompt_tokens: int, scored_tokens: int) -> dict:
+    """FLOPs of answering one multiple-choice query, from a rung's `config.json` alone.
+
+    What is counted (a multiply-add = 2 FLOPs), for a prompt of `prompt_tokens` followed by
+    `scored_tokens` answer tokens (the choices' continuations, scored by log-likelihood):
+    - every position (prompt + scored) runs every decoder layer: the q, k, v, o, gate, up and
+      down projections at their pruned shapes (`num_key_value_heads`, `head_dim`,
+      `intermediate_size`, `num_hidden_layers` of this rung);
+    - causal attention: position i (0-based) attends to i + 1 keys, QK^T and AV each
+      2 * n_heads * head_dim FLOPs per key, summed over all positions;
+    - `lm_head` (vocab x hidden) runs only on the scored positions: prompt positions need no
+      logits when choices are scored by log-likelihood (the evaluation skips them too).
+    Not counted: embedding lookups, norms, rotary, softmax (O(hidden) per position). Zeros inside
+    dense tensors (unstructured / N:M rungs) are counted: dense CPU kernels execute them.
+    Deterministic: no timing, only shapes."""
+    L = int(config["num_hidden_layers"])
+    hidden = int(config["hidden_size"])
+    n_heads = int(config["num_attention_heads"])
+    n_kv = int(config.get("num_key_value_heads") or n_heads)
+    head_dim = int(config.get("head_dim") or hidden // n_heads)
+    inter = int(config["intermediate_size"])
+    vocab = int(config["vocab_size"])
+    n = int(prompt_tokens) + int(scored_tokens)
+    proj_per_token = 2 * (hidden * head_dim * (2 * n_heads + 2 * n_kv) + 3 * hidden * inter)
+    projections = L * n * proj_per_token
+    attention = L * 4 * n_heads * head_dim * (n * (n + 1) // 2)
+    head = 2 * vocab * hidden * int(scored_tokens)
+    return {"total": projections + attention + head, "projections": projections, "attention": attention,
+            "lm_head": head, "prompt_tokens": int(prompt_tokens), "scored_tokens": int(scored_tokens)}

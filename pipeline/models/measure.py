@@ -49,3 +49,24 @@ def peak_rss_mb() -> float:
 
 def checkpoint_bytes(rung_dir: Path) -> int:
     return sum(p.stat().st_size for p in Path(rung_dir).glob("*.safetensors"))
+
+
+@torch.no_grad()
+def time_forward(model: nn.Module, ids: torch.Tensor, logits_to_keep: int) -> float:
+    """Milliseconds of one forward pass (no cache), logits only for the last `logits_to_keep` positions."""
+    t = time.perf_counter()
+    model(input_ids=ids, use_cache=False, logits_to_keep=logits_to_keep)
+    return 1000 * (time.perf_counter() - t)
+
+
+@torch.no_grad()
+def time_decode(model: nn.Module, prompt: torch.Tensor, tokens: int) -> float:
+    """Milliseconds per generated token: prefill `prompt` (not timed), then `tokens` greedy steps of
+    batch 1 with the KV cache (timed)."""
+    out = model(input_ids=prompt, use_cache=True, logits_to_keep=1)
+    past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    t = time.perf_counter()
+    for _ in range(tokens):
+        out = model(input_ids=nxt, past_key_values=past, use_cache=True)
+        past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    return 1000 * (time.perf_counter() - t) / tokens

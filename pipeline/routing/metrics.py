@@ -107,3 +107,31 @@ def summarise(name: str, curve: list[tuple[float, float]], chosen: tuple[float, 
         **apgr_cpt(curve, weak, strong),
         "aiq": aiq(curve, *c_range),
     }
+
+
+def matched_random_resampled(choice: np.ndarray, correct: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """[B] accuracy of random-at-matched-cost on each resample (its shares from that resample's choices)."""
+    onehot = np.eye(correct.shape[1])[choice]
+    return (onehot[idx].mean(1) * correct[idx].mean(1)).sum(1)
+
+
+def hull_at_cost_resampled(correct: np.ndarray, cost: np.ndarray, spent: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """[B] the single-rung hull's accuracy at the strategy's mean cost, on each resample."""
+    accs, spends = correct[idx].mean(1), spent[idx].mean(1)
+    return np.asarray([hull_value(upper_hull(list(zip(cost, a))), np.asarray([c]))[0] for a, c in zip(accs, spends)])
+
+
+def strategy_figures(ok: np.ndarray, spent: np.ndarray, dense_ok: np.ndarray, idx: np.ndarray) -> dict:
+    """Accuracy, relative cost, saving and drop against dense, each {value, lo, hi} (95% bootstrap)."""
+    from pipeline.routing.bootstrap import with_interval
+
+    ok, spent, dense_ok = (np.asarray(a, dtype=np.float64) for a in (ok, spent, dense_ok))
+    return {"accuracy": with_interval(ok, idx), "relative_cost": with_interval(spent, idx),
+            "cost_saved": with_interval(1.0 - spent, idx), "drop": with_interval(dense_ok - ok, idx)}
+
+
+def versus(a: np.ndarray, b: np.ndarray, point: float) -> dict:
+    """{value, lo, hi} of a paired difference given its per-resample values."""
+    from pipeline.routing.bootstrap import band
+
+    return {"value": float(point), **band(np.asarray(a) - np.asarray(b))}

@@ -1,10 +1,10 @@
 """Every rung's per-query results side by side: the table router and cascade learn from.
 
-`load_outcomes` reads `artifacts/eval/<rung>/records.jsonl` and `metrics.json` for every rung
-and aligns them by item id into arrays of shape [items, rungs]: whether the rung answered
-correctly, its answer, and its confidence under each signal; plus the rung's routing cost.
-Costs are relative to dense (dense = 1.0), so "cost 0.6" means 60% of dense's latency (or
-FLOPs, with `evaluate.routing_cost=flops`).
+`load_outcomes` reads `artifacts/eval/<rung>/records.jsonl` for every rung and aligns them by
+item id into arrays of shape [items, rungs]: whether the rung answered correctly, its answer,
+and its confidence under each signal; plus the rung's routing cost (`pipeline/routing/costs.py`).
+Costs are relative to dense (dense = 1.0), so "cost 0.6" means 60% of dense's FLOPs per query
+(or of its measured latency, with `cost.kind=latency`).
 """
 
 from __future__ import annotations
@@ -60,31 +60,44 @@ class Outcomes:
         return len(self.ids)
 
 
-def load_outcomes(eval_dir: str | Path, rungs: list[str], prediction: str) -> Outcomes:
+def load_outcomes(eval_dir: str | Path, rungs: list[str], prediction: str, costs) -> Outcomes:
+    """`costs`: the rungs' `RungCosts` (see `pipeline/routing/costs.py`), in the order of `rungs`."""
     eval_dir = Path(eval_dir)
     if rungs[0] != "dense":
         raise ValueError(f"rungs must start with dense, got {rungs}")
-    per_rung, costs, unit = [], [], None
+    per_rung = []
     for name in rungs:
         path = eval_dir / name / "records.jsonl"
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing: run `dvc repro evaluate@{name}` first")
         per_rung.append({r["id"]: r for r in map(json.loads, path.read_text().splitlines())})
-        metrics = json.loads((eval_dir / name / "metrics.json").read_text())
-        costs.append(metrics["routing_cost"]["value"])
-        unit = unit or metrics["routing_cost"]["unit"]
     ids = list(per_rung[0])
     for name, recs in zip(rungs, per_rung):
         if set(recs) != set(ids):
             raise ValueError(f"rung {name} was evaluated on other items than dense: re-run its evaluation")
     rows = [[recs[i] for recs in per_rung] for i in ids]
     answers = [[answer_of(r, prediction) for r in row] for row in rows]
-    cost_raw = np.asarray(costs, dtype=np.float64)
+    cost_raw = np.asarray(costs.raw, dtype=np.float64)
     return Outcomes(
         rungs=list(rungs), ids=ids, tasks=[row[0]["task"] for row in rows],
         splits=np.asarray([row[0]["split"] for row in rows]),
         correct=np.asarray([[c for _, c in a] for a in answers], dtype=bool),
         answer=np.asarray([[p for p, _ in a] for a in answers], dtype=np.int64),
         confidence={s: np.asarray([[signal_value(r, s) for r in row] for row in rows]) for s in SIGNALS},
-        cost=cost_raw / cost_raw[0], cost_raw=cost_raw, cost_unit=unit or "",
+        cost=cost_raw / cost_raw[0], cost_raw=cost_raw, cost_unit=costs.unit,
     )
+
+
+def load_routing_inputs(cfg, eval_dir: str | Path, ladder_dir: str | Path, speed_path: str | Path | None):
+    """(Outcomes, RungCosts) for the stages that route: the records of every rung, and their cost
+    under `cfg.cost`."""
+    from pipeline.routing.costs import rung_costs
+
+    costs = rung_costs(cfg.cost, cfg.rungs, ladder_dir, speed_path)
+    return load_outcomes(eval_dir, cfg.rungs, cfg.evaluate.prediction, costs), costs
+
+
+def task_indices(tasks: list[str], known: list[str]) -> np.ndarray:
+    """Index of each task in `known`; -1 for a task the models never saw."""
+    pos = {t: i for i, t in enumerate(known)}
+    return np.asarray([pos.get(t, -1) for t in tasks], dtype=np.int64)

@@ -9,7 +9,9 @@ from pipeline.routing.metrics import upper_hull
 
 def curves_picture(path: Path, title: str, rungs: dict[str, tuple[float, float]],
                    curves: dict[str, list[tuple[float, float]]], marks: dict[str, tuple[float, float]],
-                   cost_label: str) -> None:
+                   cost_label: str, bands: dict[str, list[dict]] | None = None) -> None:
+    """`bands`: per curve name, one {lo, hi} per point of that curve (in its given order): drawn as
+    the curve's 95% interval."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -22,6 +24,12 @@ def curves_picture(path: Path, title: str, rungs: dict[str, tuple[float, float]]
         ax.scatter(c, a, color="grey", s=30, zorder=3)
         ax.annotate(name, (c, a), textcoords="offset points", xytext=(4, -10), fontsize=7, color="dimgrey")
     for name, pts in curves.items():
+        if bands and name in bands:
+            rows = sorted(zip(pts, bands[name]))
+            line = ax.plot([p[0] for p, _ in rows], [p[1] for p, _ in rows], "-", lw=1.4, label=name)
+            ax.fill_between([p[0] for p, _ in rows], [b["lo"] for _, b in rows], [b["hi"] for _, b in rows],
+                            color=line[0].get_color(), alpha=0.15, lw=0, label=f"{name}, 95% interval")
+            continue
         pts = sorted(pts)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", lw=1.4, label=name)
     markers = iter("*DPXov^s")

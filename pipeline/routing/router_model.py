@@ -1,17 +1,11 @@
-"""The learned router: query features -> P(rung answers correctly), one output per rung.
+"""The router's MLP family (`risk_models.MLP`): features -> one probability per rung.
 
-A two-layer MLP over standardised features with a sigmoid per rung, trained with binary
-cross-entropy on the router-train split (full batch, AdamW, seeded, epochs by early stopping). The decision rule:
-the cheapest rung whose predicted success is at least `threshold`; dense if none is.
-
-Saved as `router.safetensors` (weights and the feature standardisation) plus `router.json`
-(architecture, rung order, costs, threshold): no pickle, loadable anywhere.
+A two-layer MLP over standardised features with a sigmoid per output, trained with binary
+cross-entropy (full batch, AdamW, seeded, epochs by early stopping on a held-out quarter, then
+refitted on everything). What it predicts, and how the router uses it, is `risk_models.py`'s business.
 """
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -76,42 +70,3 @@ def train_router(x: torch.Tensor, y: np.ndarray, hidden_dim: int, epochs: int, l
     net, _ = _fit(x, target, hidden_dim, best_epochs, lr, weight_decay, seed)
     return net, {"epochs": best_epochs, "max_epochs": epochs, "val_queries": n_val,
                  "val_loss_best": min(val_curve) if val_curve else None}
-
-
-def log_loss(p: np.ndarray, y: np.ndarray) -> float:
-    p = np.clip(p, 1e-7, 1 - 1e-7)
-    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
-
-
-def route(probs: np.ndarray, cost: np.ndarray, threshold: float, fallback: int = 0) -> np.ndarray:
-    """Per query: the cheapest rung with predicted success >= threshold, else `fallback` (dense)."""
-    by_cost = np.argsort(cost, kind="stable")
-    ok = probs[:, by_cost] >= threshold
-    return np.where(ok.any(1), by_cost[ok.argmax(1)], fallback)
-
-
-def candidate_thresholds(probs: np.ndarray) -> np.ndarray:
-    """Every threshold that changes a decision on these probabilities, each placed halfway between
-    neighbouring values (so a tiny float difference at serving time cannot flip a decision), plus
-    0 (always the cheapest rung) and a value above 1 (always dense)."""
-    v = np.unique(probs)
-    mids = (v[1:] + v[:-1]) / 2
-    return np.concatenate([[0.0], mids, [1.0 + 1e-9]])
-
-
-def save_router(out_dir: Path, net: RouterNet, meta: dict) -> None:
-    from safetensors.torch import save_file
-
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out_dir / "router.safetensors"))
-    (out_dir / "router.json").write_text(json.dumps(meta, indent=2) + "\n")
-
-
-def load_router(router_dir: str | Path) -> tuple[RouterNet, dict]:
-    from safetensors.torch import load_file
-
-    router_dir = Path(router_dir)
-    meta = json.loads((router_dir / "router.json").read_text())
-    a = meta["architecture"]
-    net = RouterNet(a["in_dim"], a["hidden_dim"], a["n_rungs"])
-    net.load_state_dict(load_file(str(router_dir / "router.safetensors")))
-    return net.eval(), meta

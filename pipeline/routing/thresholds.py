@@ -108,36 +108,59 @@ class Choice:
     tested: list[dict]  # per hypothesis tested: level, empirical drop, upper bound, rejected
 
 
+def fixed_sequence(outcomes, dense_correct: np.ndarray, dense_cost: float, epsilon: float, delta: float,
+                   seed: int) -> tuple[int | None, list[dict]]:
+    """Fixed-sequence Learn-then-Test over a family given in order, most conservative first.
+
+    `outcomes` yields, per member j, (ok [N] whether the policy answered right, spent [N] its cost
+    per query) on the calibration queries. H_j "drop against dense > epsilon" is rejected when the
+    WSR upper bound at level delta on mean(dense_correct - ok) is <= epsilon; testing stops at the
+    first member not rejected. Returns the index of the cheapest rejected member (None: none was
+    rejected, deploy dense) and the record of every hypothesis tested."""
+    order = np.random.default_rng(seed).permutation(len(dense_correct))
+    best, best_cost, tested = None, float(dense_cost), []
+    for j, (ok, spent) in enumerate(outcomes):
+        loss = dense_correct.astype(float) - ok.astype(float)
+        ucb = drop_upper_bound(loss[order], delta)
+        rejected = ucb <= epsilon
+        tested.append({"index": j, "drop": float(loss.mean()), "upper_bound": float(ucb),
+                       "cost": float(spent.mean()), "rejected": bool(rejected)})
+        if not rejected:
+            break
+        if spent.mean() < best_cost:
+            best, best_cost = j, float(spent.mean())
+    return best, tested
+
+
 def learn_then_test(conf: np.ndarray, correct: np.ndarray, dense_correct: np.ndarray, cost: np.ndarray,
                     grid: np.ndarray, levels: np.ndarray, epsilon: float, delta: float, seed: int) -> Choice:
     """Fixed-sequence LTT over `grid` (conservative first); the cheapest valid thresholds.
 
     `correct`/`conf` [N, K] in cascade order, the last column dense; `dense_correct` [N]."""
-    order = np.random.default_rng(seed).permutation(len(correct))
-    best = (float(cost[-1]), np.full(grid.shape[1], np.inf), 0.0)  # always dense: drop 0 by construction
-    tested = []
-    for level, th in zip(levels, grid):
-        _, ok, spent = simulate(conf, correct, cost, th)
-        loss = dense_correct.astype(float) - ok.astype(float)
-        ucb = drop_upper_bound(loss[order], delta)
-        rejected = ucb <= epsilon
-        tested.append({"level": float(level), "drop": float(loss.mean()), "upper_bound": float(ucb),
-                       "cost": float(spent.mean()), "rejected": bool(rejected)})
-        if not rejected:
-            break
-        if spent.mean() < best[0]:
-            best = (float(spent.mean()), th, float(level))
-    return Choice(best[1], best[2], tested)
+    def outcomes():
+        for th in grid:
+            _, ok, spent = simulate(conf, correct, cost, th)
+            yield ok, spent
+
+    best, tested = fixed_sequence(outcomes(), dense_correct, float(cost[-1]), epsilon, delta, seed)
+    for t in tested:
+        t["level"] = float(levels[t.pop("index")])
+    if best is None:  # always dense: drop 0 by construction
+        return Choice(np.full(grid.shape[1], np.inf), 0.0, tested)
+    return Choice(grid[best], float(levels[best]), tested)
 
 
 def select_rungs(conf: np.ndarray, correct: np.ndarray, cost: np.ndarray, levels: np.ndarray,
-                 epsilon: float) -> list[int]:
+                 epsilon: float, delta: float | None = None, seed: int = 0) -> list[int]:
     """Indices (into the K-1 cheaper rungs, ordered by cost) of the subset to cascade through,
-    chosen on the reference split: lowest empirical cost at an empirical drop <= epsilon."""
+    chosen on the reference split: the lowest cost whose drop is <= epsilon. With `delta`, the drop
+    must hold with a margin: its WSR upper bound at level delta on the reference split, not its mean,
+    is <= epsilon, so the subset is one that calibration can plausibly certify too."""
     from itertools import combinations
 
     k = conf.shape[1] - 1
     dense_ok = correct[:, -1].astype(float)
+    order = np.random.default_rng(seed).permutation(len(dense_ok))
     best = (float(cost[-1]), [])
     for size in range(1, k + 1):
         for subset in combinations(range(k), size):
@@ -145,7 +168,10 @@ def select_rungs(conf: np.ndarray, correct: np.ndarray, cost: np.ndarray, levels
             grid = threshold_grid(conf[:, list(subset)], levels)
             for th in grid:
                 _, ok, spent = simulate(conf[:, cols], correct[:, cols], cost[cols], th)
-                if (dense_ok - ok).mean() <= epsilon and spent.mean() < best[0] - 1e-12:
+                loss = dense_ok - ok
+                if loss.mean() > epsilon or spent.mean() >= best[0] - 1e-12:
+                    continue
+                if delta is None or drop_upper_bound(loss[order], delta) <= epsilon:
                     best = (float(spent.mean()), list(subset))
     return best[1]
 
