@@ -59,25 +59,34 @@ def record_for(item: dict, scored: dict) -> dict:
 
 
 def task_metrics(records: list[dict]) -> dict:
+    """Per task and their unweighted mean (as lm-eval groups report): acc, acc_norm, the chance
+    level (mean of 1 / choices), accuracy above chance, and standard errors (binomial per task;
+    for the mean over T tasks, sqrt(sum of per-task variances) / T)."""
+    import math
+
     by = defaultdict(list)
     for r in records:
         by[r["task"]].append(r)
     out = {}
     for task, rs in sorted(by.items()):
         test = [r for r in rs if r["split"] == "test"]
+        n = len(rs)
+        acc_norm = sum(r["correct_norm"] for r in rs) / n
+        chance = sum(1 / len(r["loglik"]) for r in rs) / n
         out[task] = {
-            "acc": sum(r["correct"] for r in rs) / len(rs),
-            "acc_norm": sum(r["correct_norm"] for r in rs) / len(rs),
-            "n": len(rs),
+            "acc": sum(r["correct"] for r in rs) / n,
+            "acc_norm": acc_norm,
+            "acc_norm_se": math.sqrt(acc_norm * (1 - acc_norm) / n),
+            "chance": chance,
+            "above_chance": acc_norm - chance,
+            "n": n,
             "test_acc_norm": sum(r["correct_norm"] for r in test) / len(test) if test else None,
             "test_n": len(test),
         }
-    n = len(records)
-    out["mean"] = {  # unweighted mean over tasks, as lm-eval groups report
-        "acc": sum(v["acc"] for v in out.values()) / len(by),
-        "acc_norm": sum(v["acc_norm"] for v in out.values()) / len(by),
-        "n": n,
-    }
+    T = len(by)
+    mean = {k: sum(v[k] for v in out.values()) / T for k in ("acc", "acc_norm", "chance", "above_chance")}
+    mean["acc_norm_se"] = math.sqrt(sum(v["acc_norm_se"] ** 2 for v in out.values())) / T
+    out["mean"] = {**mean, "n": len(records)}
     return out
 
 
