@@ -1,7 +1,14 @@
-"""What every stage does around its work: parse args, validate config, seed, track.
+"""What every stage does around its work: parse args, validate config, check its files, seed, track.
 
 A stage module calls `begin(name)` first thing, before importing torch or
-transformers, so a bad config fails in a fraction of a second.
+transformers, so a bad config fails in a fraction of a second. `begin` also:
+- sweeps what a killed earlier run of the stage left next to its outputs, and checks that each
+  output location is writable (`pipeline.common.atomic`), so a read-only directory fails before
+  the work, not at the final rename;
+- checks the structure of every checkpoint and safetensors file the stage will load
+  (`stage_inputs`), so a truncated or foreign file fails naming itself before any model loads;
+- makes the project's own errors about inputs (AssetError: a file missing, corrupt or untrusted)
+  print as one line, `<stage>: <message>`, instead of a traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator
 
 from pipeline.common.config import Config, ConfigError, load_config
@@ -47,8 +55,9 @@ class Stage:
 
 
 def begin(name: str, add_args=None, argv: list[str] | None = None) -> Stage:
-    """Parse `--params` (+ stage args), validate the config, seed everything."""
+    """Parse `--params` (+ stage args), validate the config, check inputs and outputs, seed everything."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    _one_line_errors(name)
     ap = argparse.ArgumentParser(prog=f"python -m pipeline.{name}")
     ap.add_argument("--params", default="params.yaml", help="composed config (default: params.yaml)")
     if add_args:
@@ -59,8 +68,76 @@ def begin(name: str, add_args=None, argv: list[str] | None = None) -> Stage:
     except ConfigError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    from pipeline.common.assets import AssetError
+    from pipeline.common.atomic import check_writable, sweep_stale
+
+    try:
+        for out in stage_outputs(name, args):
+            for p in sweep_stale(out):
+                log.info("%s: removed %s, left by a killed earlier run", name, p)
+            check_writable(out)
+        check_inputs(stage_inputs(name, args, cfg))
+    except AssetError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     seed_everything(cfg.seed)
     return Stage(name, cfg, args)
+
+
+def _one_line_errors(name: str) -> None:
+    """Uncaught AssetErrors (bad, missing or untrusted input files) print as one line; bugs keep their traceback."""
+    from pipeline.common.assets import AssetError
+
+    previous = sys.excepthook
+
+    def hook(kind, exc, tb):
+        if issubclass(kind, AssetError):
+            print(f"{name}: {exc}", file=sys.stderr)
+        else:
+            previous(kind, exc, tb)
+
+    sys.excepthook = hook
+
+
+# What each stage writes and loads, from its arguments (dvc.yaml declares the same paths). A stage
+# not listed writes its `--out` / `--*-out` arguments and has no checkpoint inputs to check.
+def stage_outputs(name: str, args: argparse.Namespace) -> list[Path]:
+    a = vars(args)
+    if name == "prune":
+        return [Path(a["ladder_dir"]) / a["rung"]]
+    if name == "evaluate":
+        return [Path(a.get("out") or f"artifacts/eval/{a['rung']}")]
+    return [Path(v) for k, v in a.items() if (k == "out" or k.endswith("_out")) and isinstance(v, str)]
+
+
+def stage_inputs(name: str, args: argparse.Namespace, cfg: Config) -> list[Path]:
+    """Checkpoint directories and safetensors files the stage loads."""
+    a = vars(args)
+    p = {k: Path(v) for k, v in a.items() if isinstance(v, str)}
+    if name == "calibrate":
+        return [p["base"], p["data"] / "calibration.safetensors"]
+    if name == "prune":
+        rung = cfg.ladder.rungs.get(a["rung"])
+        parent = [p["ladder_dir"] / rung.parent] if rung is not None else []
+        weights = [p["calibration"] / "importance.safetensors", p["data"] / "calibration.safetensors"] if rung else []
+        return [p["base"], *parent, *weights]
+    if name == "evaluate":
+        return [p["ladder_dir"] / a["rung"], p["data"] / "heldout.safetensors"]
+    if name == "router" and cfg.router.features == "hidden_state":
+        return [p["ladder_dir"] / "dense"]
+    return []
+
+
+def check_inputs(paths: list[Path]) -> None:
+    """Structure of each input that exists (a missing one is the stage's own error to report)."""
+    from pipeline.common.formats import check_safetensors
+    from pipeline.models.checkpoint import check_checkpoint_files
+
+    for path in paths:
+        if path.is_dir():
+            check_checkpoint_files(path)
+        elif path.suffix == ".safetensors" and path.exists():
+            check_safetensors(path)
 
 
 def seed_everything(seed: int) -> None:
