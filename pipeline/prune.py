@@ -87,9 +87,9 @@ def main(argv: list[str] | None = None) -> None:
     parent_dir = Path(args.base) if rung is None else Path(args.ladder_dir) / rung.parent
 
     with st.tracked() as tracker:
-        model = AutoModelForCausalLM.from_pretrained(parent_dir, dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_pretrained(parent_dir, dtype=torch.float32, use_safetensors=True).eval()
         tok = AutoTokenizer.from_pretrained(args.base)
-        dense_cost = model_cost(AutoModelForCausalLM.from_pretrained(args.base, dtype=torch.float32)) \
+        dense_cost = model_cost(AutoModelForCausalLM.from_pretrained(args.base, dtype=torch.float32, use_safetensors=True)) \
             if name != "dense" else None
         recipe_out: dict = {"rung": name, "parent": rung.parent if rung else None, "steps": []}
         trace = []
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
             if ladder.heal.enabled:
                 from pipeline.pruning.heal import distill
 
-                teacher = AutoModelForCausalLM.from_pretrained(args.base, dtype=torch.float32).eval()
+                teacher = AutoModelForCausalLM.from_pretrained(args.base, dtype=torch.float32, use_safetensors=True).eval()
                 recipe_out["steps"].append({"heal": distill(model, teacher, blocks, ladder.heal)})
 
         cost = model_cost(model)
@@ -156,7 +156,8 @@ def main(argv: list[str] | None = None) -> None:
             # save_pretrained to write its own recipe and compression config.
             PreTrainedModel.save_pretrained(model, tmp, safe_serialization=True)
             tok.save_pretrained(tmp)
-            report["weights_sha256"] = {p.name: sha256_file(p) for p in sorted(tmp.glob("*.safetensors"))}
+            from pipeline.models.checkpoint import file_digests  # every file a loader reads: checked downstream
+            report["files_sha256"] = file_digests(tmp)
             (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe_out, sort_keys=False))
             (tmp / "pruning_report.json").write_text(json.dumps(report, indent=2) + "\n")
             (tmp / "README.md").write_text(_model_card(name, report, recipe_out, st.cfg.model.name))
