@@ -1,10 +1,11 @@
 """Stage `manifest`: the one file a deployment reads (`artifacts/manifest.yaml`).
 
-Gathers the base's provenance, every rung (path, weights sha256, shape, params, non-zeros,
+Gathers the base's provenance, every rung (path, sha256 of every file it loads from, shape, params, non-zeros,
 FLOPs, measured latency and throughput, per-task accuracy, perplexity), the router (weights,
 sha256, features, threshold, test metrics), the cascade (order, signal, thresholds, epsilon,
-delta, calibration size, test metrics) and build info (git revision, params hash, library
-versions), validates it against `pipeline/manifest_schema.py` and writes it atomically.
+delta, calibration size, test metrics), the runtime's request limits (`serve.*`) and build info
+(git revision, params hash, library versions), validates it against
+`pipeline/deploy/manifest_schema.py` and writes it atomically.
 
 Also writes `artifacts/vllm_semantic_router.yaml`: the ladder as vLLM Semantic Router model
 cards and a decision with `algorithm: confidence` (config layout v0.3), for teams that serve
@@ -57,14 +58,20 @@ def library_versions() -> dict[str, str]:
 
 
 def rung_entry(name: str, ladder_dir: Path, eval_dir: Path, rel_to: Path, dense_cost: float) -> dict:
-    rep = json.loads((ladder_dir / name / "pruning_report.json").read_text())
-    m = json.loads((eval_dir / name / "metrics.json").read_text())
+    from pipeline.common.formats import read_json
+
+    rep = read_json(ladder_dir / name / "pruning_report.json")
+    m = read_json(eval_dir / name / "metrics.json")
     key = "acc_norm" if m["prediction"] == "acc_norm" else "acc"
+    if not rep.get("files_sha256"):
+        stage = "dense" if name == "dense" else f"prune@{name}"
+        raise SystemExit(f"manifest: {ladder_dir / name / 'pruning_report.json'} records no files_sha256 (built "
+                         f"before every file was hashed): rebuild it with `dvc repro {stage}`")
     return {
         "name": name,
         "path": os.path.relpath(ladder_dir / name, rel_to),
         "parent": rep["parent"],
-        "weights_sha256": rep["weights_sha256"],
+        "files_sha256": rep["files_sha256"],
         "shape": {k: rep["counts"][k] for k in ("layers", "kv_heads", "q_per_kv", "mlp")},
         "params": m["cost"]["params"],
         "nonzero_params": m["cost"]["nonzero_params"],
@@ -94,8 +101,10 @@ def build_manifest(cfg, args) -> dict:
     cmetrics = json.loads((cascade_dir / "metrics.json").read_text())
     rev, dirty = git_info()
     base = json.loads((Path(args.base) / "provenance.json").read_text())
+    from pipeline.deploy.manifest_schema import SCHEMA_VERSION
+
     return {
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "name": base["name"] + "-ladder",
         "prediction": cfg.evaluate.prediction,
         "base": base,
@@ -117,6 +126,7 @@ def build_manifest(cfg, args) -> dict:
             "epsilon": cth["epsilon"], "delta": cth["delta"], "calibration_size": cth["n_calibration"],
             "test_metrics": cmetrics["test"][cth["method"]],
         },
+        "serve": cfg.serve.model_dump(),
         "build": {"git_revision": rev, "git_dirty": dirty, "params_hash": params_hash(cfg), "seed": cfg.seed,
                   "libraries": library_versions()},
     }

@@ -1,26 +1,58 @@
-"""The deployment manifest's schema (version 1): what `artifacts/manifest.yaml` must hold.
+"""The deployment manifest's schema (version 2): what `artifacts/manifest.yaml` must hold.
 
 Paths are relative to the manifest's own directory, so the `artifacts/` folder can be moved or
-copied as a whole. Every weights file carries its sha256, which the runtime checks before use.
-A change that breaks readers of version 1 must bump `schema_version`.
+copied as a whole; a path that is absolute or climbs out of that directory (`..`) is refused, and
+file names are plain names inside their directory. Every file the runtime loads carries its
+sha256, which the runtime checks before use.
+
+Version 2 (from 1): a rung lists `files_sha256`, the digest of *every* file it is loaded from
+(config, generation config, tokenizer, every weights shard), instead of `weights_sha256`; paths are
+confined; `serve` holds the runtime's request limits. A change that breaks readers of a version
+must bump `schema_version`.
 """
 
 from __future__ import annotations
 
+import posixpath
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 1
+from pipeline.common.config import ServeConfig
+
+SCHEMA_VERSION = 2
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 NonNeg = Annotated[float, Field(ge=0.0)]
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
+FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+
+
+def _plain_name(name: str) -> str:
+    """A file inside its directory: no separators, no leading dot (so never '.' or '..')."""
+    if not FILE_NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is not a plain file name (letters, digits, '_', '-', '.'; no '/', no leading '.')")
+    return name
+
+
+FileName = Annotated[str, AfterValidator(_plain_name)]
+
+
+def _inside(path: str) -> str:
+    """Relative, and staying inside the manifest's directory once normalised."""
+    norm = posixpath.normpath(path.replace("\\", "/"))
+    if posixpath.isabs(norm) or Path(path).is_absolute() or norm == ".." or norm.startswith("../"):
+        raise ValueError(f"{path!r} leaves the manifest's directory; paths must be relative and stay inside it")
+    return path
+
+
+RelPath = Annotated[str, Field(min_length=1), AfterValidator(_inside)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Shape(Strict):
@@ -32,9 +64,9 @@ class Shape(Strict):
 
 class Rung(Strict):
     name: str
-    path: str
+    path: RelPath
     parent: str | None
-    weights_sha256: dict[str, Sha256] = Field(min_length=1)
+    files_sha256: dict[FileName, Sha256] = Field(min_length=1)  # every file a loader reads
     shape: Shape
     params: int
     nonzero_params: int
@@ -49,10 +81,10 @@ class Rung(Strict):
 
 
 class Router(Strict):
-    path: str
-    weights: str
+    path: RelPath
+    weights: FileName
     weights_sha256: Sha256
-    config: str
+    config: FileName
     config_sha256: Sha256
     features: Literal["minilm", "hidden_state"]
     threshold: float
@@ -61,7 +93,7 @@ class Router(Strict):
 
 
 class Cascade(Strict):
-    path: str
+    path: RelPath
     sha256: Sha256
     order: list[str] = Field(min_length=1)
     signal: str
@@ -87,7 +119,7 @@ class Costs(Strict):
 
 
 class Manifest(Strict):
-    schema_version: Literal[1]
+    schema_version: Literal[2]
     name: str
     prediction: Literal["acc", "acc_norm"]
     base: dict  # the base stage's provenance.json: source, sha256, architecture, versions
@@ -95,6 +127,7 @@ class Manifest(Strict):
     rungs: list[Rung] = Field(min_length=1)
     router: Router
     cascade: Cascade
+    serve: ServeConfig  # the runtime's request limits
     build: Build
 
     def rung(self, name: str) -> Rung:
@@ -113,11 +146,14 @@ def validate_manifest(raw: object, source: str = "manifest") -> Manifest:
         raise ManifestError(f"{source} is not a YAML mapping")
     version = raw.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise ManifestError(f"{source}: schema_version is {version!r}; this runtime reads version {SCHEMA_VERSION}")
+        raise ManifestError(f"{source}: schema_version is {version!r}, but this runtime reads version {SCHEMA_VERSION} "
+                            "only: rebuild the manifest with this pipeline (`dvc repro manifest`), or serve it with "
+                            "the pipeline version that wrote it")
     try:
         m = Manifest.model_validate(raw)
     except ValidationError as exc:
-        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        lines = [f"  {'.'.join(str(p) for p in e['loc'] if not str(p).startswith('function-after'))}: "
+                 f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
         raise ManifestError(f"{source} does not fit schema version {SCHEMA_VERSION}:\n" + "\n".join(lines)) from None
     names = [r.name for r in m.rungs]
     missing = [r for r in m.cascade.order if r not in names]
@@ -135,7 +171,11 @@ def load_manifest(path: str | Path) -> Manifest:
     if not path.exists():
         raise ManifestError(f"{path} not found: build it with `dvc repro manifest` (or `make repro`)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: not valid UTF-8 (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
     except yaml.YAMLError as exc:
-        raise ManifestError(f"{path} is not valid YAML: {exc}") from None
+        from pipeline.common.formats import yaml_error_line
+
+        raise ManifestError(yaml_error_line(path, exc)) from None
     return validate_manifest(raw, str(path))
