@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoTokenizer
 
     from pipeline.common.atomic import atomic_dir
-    from pipeline.evaluation.splits import assign_split, take_in_hash_order
+    from pipeline.evaluation.splits import assign_split, empty_split_problem, take_in_hash_order
     from pipeline.evaluation.tasks import load_task
     from pipeline.evaluation.text import load_passages, pack_blocks, split_passages
 
@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> None:
                 split = assign_split(item_id, fractions, d.splits.salt)
                 records.append({**items[item_id].to_dict(), "split": split})
 
+        problem = empty_split_problem(records, {t: c.cap for t, c in d.tasks.items()}, fractions)
+        if problem:  # before writing: router, cascade and evaluate would fail on it minutes later
+            raise SystemExit(f"data: {problem}")
         counts = Counter((r["task"], r["split"]) for r in records)
         per_task = {
             t: {s: counts[(t, s)] for s in fractions} | {"total": sum(counts[(t, s)] for s in fractions)}

@@ -91,7 +91,7 @@ def test_runtime_refuses_a_tampered_file(deployed, tmp_path):
     blob = bytearray(weights.read_bytes())
     blob[-1] ^= 0xFF  # one flipped bit pattern in the last byte
     weights.write_bytes(bytes(blob))
-    with pytest.raises(ChecksumError, match=r"rung mixed: .*model.safetensors has sha256 .* manifest records"):
+    with pytest.raises(ChecksumError, match=r"rung mixed: .*model.safetensors has sha256 .* build recorded"):
         LadderRuntime(copy_root / "manifest.yaml")
     rc = __import__("pipeline.serve", fromlist=["main"]).main(["--manifest", str(copy_root / "manifest.yaml"),
                                                                "--context", "Q", "--choices", " a", " b"])
@@ -112,10 +112,11 @@ def test_manifest_schema_rejects_missing_or_wrong_fields(deployed):
     cases = {
         r"router\.weights_sha256: Field required": lambda r: r["router"].pop("weights_sha256"),
         r"rungs\.1\.params: Input should be a valid integer": lambda r: r["rungs"][1].update(params="many"),
-        r"rungs\.0\.weights_sha256\.model\.safetensors: String should match pattern":
-            lambda r: r["rungs"][0]["weights_sha256"].update({"model.safetensors": "abc"}),
+        r"rungs\.0\.files_sha256\.model\.safetensors: String should match pattern":
+            lambda r: r["rungs"][0]["files_sha256"].update({"model.safetensors": "abc"}),
         r"cascade\.delta: Input should be less than or equal to 1": lambda r: r["cascade"].update(delta=3),
-        r"schema_version is 2": lambda r: r.update(schema_version=2),
+        r"schema_version is 1, but this runtime reads version 2 only: rebuild the manifest":
+            lambda r: r.update(schema_version=1),
         r"build\.surprise: Extra inputs are not permitted": lambda r: r["build"].update(surprise=1),
         r"thresholds for": lambda r: r["cascade"]["thresholds"].append(0.5),
     }

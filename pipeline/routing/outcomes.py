@@ -9,13 +9,17 @@ FLOPs, with `evaluate.routing_cost=flops`).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.common.assets import AssetError
+from pipeline.common.formats import read_json, read_jsonl
+
 SIGNALS = ("msp", "margin", "entropy", "msp_norm", "margin_norm", "entropy_norm")
+RECORD_KEYS = ("id", "task", "split", "pred", "correct", "pred_norm", "correct_norm", "msp", "margin",
+               "entropy_normalised", "msp_norm", "margin_norm", "entropy_normalised_norm")
 
 
 def signal_value(record: dict, signal: str) -> float:
@@ -68,15 +72,23 @@ def load_outcomes(eval_dir: str | Path, rungs: list[str], prediction: str) -> Ou
     for name in rungs:
         path = eval_dir / name / "records.jsonl"
         if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: run `dvc repro evaluate@{name}` first")
-        per_rung.append({r["id"]: r for r in map(json.loads, path.read_text().splitlines())})
-        metrics = json.loads((eval_dir / name / "metrics.json").read_text())
-        costs.append(metrics["routing_cost"]["value"])
-        unit = unit or metrics["routing_cost"]["unit"]
+            raise AssetError(f"{path} is missing: run `dvc repro evaluate@{name}` first")
+        records = read_jsonl(path, RECORD_KEYS)
+        if not records:
+            raise AssetError(f"{path} holds no records (an empty task set?): rebuild with `dvc repro evaluate@{name}`")
+        per_rung.append({r["id"]: r for r in records})
+        metrics = read_json(eval_dir / name / "metrics.json")
+        try:
+            costs.append(float(metrics["routing_cost"]["value"]))
+            unit = unit or metrics["routing_cost"]["unit"]
+        except (KeyError, TypeError, ValueError):
+            raise AssetError(f"{eval_dir / name / 'metrics.json'} has no routing_cost.value: rebuild with "
+                             f"`dvc repro evaluate@{name}`") from None
     ids = list(per_rung[0])
     for name, recs in zip(rungs, per_rung):
         if set(recs) != set(ids):
-            raise ValueError(f"rung {name} was evaluated on other items than dense: re-run its evaluation")
+            raise AssetError(f"rung {name} was evaluated on other items than dense: re-run its evaluation "
+                             f"(`dvc repro evaluate@{name}`)")
     rows = [[recs[i] for recs in per_rung] for i in ids]
     answers = [[answer_of(r, prediction) for r in row] for row in rows]
     cost_raw = np.asarray(costs, dtype=np.float64)
