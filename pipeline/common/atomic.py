@@ -9,9 +9,13 @@ Temporary names carry the writer's pid: `.<name>.<pid>.<random>.tmp` while writi
 `.<name>.<pid>.old` for the previous version during a directory swap. So:
 - DVC never reads them: `.dvcignore` lists `.*.tmp` and `.*.old`, so a directory dependency such
   as `artifacts/ladder` hashes the same while a stage writes into it, or after one was killed;
-- `sweep_stale` removes a dead writer's leftovers (its pid is gone) and leaves a live one's alone.
-  Every stage sweeps its outputs' leftovers at start (`pipeline.common.stage.begin`), and every
-  atomic write sweeps those of its own destination.
+- a temporary directory is watched by a small guard process (its own session, so a signal to the
+  stage's process group does not reach it) that deletes it if the writer dies before renaming
+  it, within a fraction of a second of a `kill -9`. That matters because after a kill DVC may
+  restore the stage from its run cache instead of running it again;
+- `sweep_stale` removes whatever a dead writer left when the guard could not (the machine went
+  down, or everything was killed): every stage sweeps its outputs' leftovers at start
+  (`pipeline.common.stage.begin`), and every atomic write sweeps those of its own destination.
 
 `check_writable` probes an output location; stages call it at start, so a read-only directory
 fails before the work, not at the final rename.
@@ -49,6 +53,34 @@ def _stall_for_test() -> None:
     if marker:
         Path(marker).write_text(str(os.getpid()))
         time.sleep(3600)
+
+
+# Runs in its own interpreter (stdlib only): waits while the writer lives and its temporary
+# directory exists; if the writer dies first, deletes the temporary directory and any half-swapped
+# previous version (the output is then missing, which DVC treats as "rebuild").
+_GUARD = """
+import os, shutil, sys, time
+writer, tmp, old = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+while os.path.lexists(tmp):
+    try:
+        os.kill(writer, 0)
+    except ProcessLookupError:
+        for p in (tmp, old):
+            shutil.rmtree(p, ignore_errors=True)
+        break
+    except PermissionError:
+        pass
+    time.sleep(0.2)
+"""
+
+
+def _guard(tmp: Path, old: Path) -> None:
+    import subprocess
+    import sys
+
+    subprocess.Popen([sys.executable, "-I", "-c", _GUARD, str(os.getpid()), str(tmp), str(old)],
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     start_new_session=True, close_fds=True)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -142,19 +174,20 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     sweep_stale(path)
     tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
     tmp.chmod(0o755)  # mkdtemp makes it owner-only; outputs are meant to be shared
+    old = path.with_name(f".{path.name}.{os.getpid()}.old")
+    _guard(tmp, old)
     try:
         yield tmp
         _stall_for_test()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if path.exists() or path.is_symlink():
-        old = path.with_name(f".{path.name}.{os.getpid()}.old")
+    had_old = path.exists() or path.is_symlink()
+    if had_old:
         shutil.rmtree(old, ignore_errors=True)
         os.replace(path, old)
     os.replace(tmp, path)
-    if old is not None:
+    if had_old:
         if old.is_dir() and not old.is_symlink():
             shutil.rmtree(old, ignore_errors=True)
         else:
