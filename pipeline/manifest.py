@@ -15,7 +15,6 @@ the thresholds there are a starting point to re-calibrate; the order and models 
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from importlib import metadata
@@ -88,19 +87,20 @@ def rung_entry(name: str, ladder_dir: Path, eval_dir: Path, rel_to: Path, dense_
 
 def build_manifest(cfg, args) -> dict:
     from pipeline.common.assets import sha256_file
+    from pipeline.common.formats import read_json
     from pipeline.common.tracking import params_hash
 
     out_dir = Path(args.out).parent
     ladder_dir, eval_dir = Path(args.ladder_dir), Path(args.eval_dir)
-    dense = json.loads((eval_dir / "dense" / "metrics.json").read_text())["routing_cost"]
+    dense = read_json(eval_dir / "dense" / "metrics.json")["routing_cost"]
     rungs = [rung_entry(r, ladder_dir, eval_dir, out_dir, dense["value"]) for r in cfg.rungs]
     router_dir, cascade_dir = Path(args.router), Path(args.cascade)
-    rmeta = json.loads((router_dir / "router.json").read_text())
-    rmetrics = json.loads((router_dir / "metrics.json").read_text())
-    cth = json.loads((cascade_dir / "thresholds.json").read_text())
-    cmetrics = json.loads((cascade_dir / "metrics.json").read_text())
+    rmeta = read_json(router_dir / "router.json")
+    rmetrics = read_json(router_dir / "metrics.json")
+    cth = read_json(cascade_dir / "thresholds.json")
+    cmetrics = read_json(cascade_dir / "metrics.json")
     rev, dirty = git_info()
-    base = json.loads((Path(args.base) / "provenance.json").read_text())
+    base = read_json(Path(args.base) / "provenance.json")
     from pipeline.deploy.manifest_schema import SCHEMA_VERSION
 
     return {

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.common.atomic import STALL_ENV
+from tests.conftest import tiny_config, write_params
 from tests.test_e2e import _sh, repo_copy  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.e2e
@@ -80,6 +81,9 @@ def _hint(stderr: str) -> list[str]:
 
 def test_kill_9_mid_write_then_dvc_status_and_repro_behave(repo_copy, tmp_path):  # noqa: F811
     repo, env = repo_copy
+    # The graph with the two structured rungs only (llmcompressor's rungs add minutes, nothing here).
+    write_params(repo / "params.yaml", tiny_config(["~ladder.rungs.wanda50", "~ladder.rungs.nm24"]))
+    _sh(["git", "commit", "-qam", "two rungs"], repo, env)
     _sh([*DVC, "repro"], repo, env)
     assert _status(repo, env) == {}
     lock_before = (repo / "dvc.lock").read_text()

@@ -496,16 +496,18 @@ def validate(raw: dict) -> Config:
 
 
 def load_config(path: str | Path = "params.yaml") -> Config:
+    from pipeline.common.formats import strict_yaml_load, yaml_error_line
+
     path = Path(path)
-    if not path.exists():
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; give the composed config file (e.g. {path / 'params.yaml'})")
+    if not path.is_file():
         raise ConfigError(f"{path} not found: run `make params` or `dvc exp run` to compose it from conf/")
     try:
-        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        raw = strict_yaml_load(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not valid UTF-8 (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
     except yaml.YAMLError as exc:
-        from pipeline.common.formats import yaml_error_line
-
         raise ConfigError(yaml_error_line(path, exc)) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} is not a YAML mapping")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from collections.abc import Hashable
 from typing import Any, Callable, Iterable
 
 from pipeline.common.assets import AssetError
@@ -69,6 +70,26 @@ def read_jsonl(path: str | Path, required: Iterable[str] = (),
     return rows
 
 
+def strict_yaml_load(text: str) -> Any:
+    """yaml.safe_load, except that a key given twice in one mapping is an error (PyYAML keeps the
+    last silently; DVC, which reads params.yaml with ruamel, refuses it)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if not isinstance(key, Hashable):
+                    continue  # SafeLoader reports unhashable keys itself
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def yaml_error_line(path: str | Path, exc: Exception) -> str:
     """`<file>:<line>:<column>: not valid YAML (<problem>)`: one line, whatever PyYAML raised."""
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
@@ -82,7 +103,7 @@ def load_yaml(path: str | Path) -> Any:
 
     path = Path(path)
     try:
-        return yaml.safe_load(path.read_bytes().decode("utf-8"))
+        return strict_yaml_load(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise AssetError(f"{path}: not valid UTF-8 (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
     except yaml.YAMLError as exc:

@@ -145,6 +145,8 @@ def validate_manifest(raw: object, source: str = "manifest") -> Manifest:
     if not isinstance(raw, dict):
         raise ManifestError(f"{source} is not a YAML mapping")
     version = raw.get("schema_version")
+    if isinstance(version, str) and version.strip() == str(SCHEMA_VERSION):
+        raise ManifestError(f"{source}: schema_version must be the integer {SCHEMA_VERSION}, not the string {version!r}")
     if version != SCHEMA_VERSION:
         raise ManifestError(f"{source}: schema_version is {version!r}, but this runtime reads version {SCHEMA_VERSION} "
                             "only: rebuild the manifest with this pipeline (`dvc repro manifest`), or serve it with "
@@ -156,6 +158,9 @@ def validate_manifest(raw: object, source: str = "manifest") -> Manifest:
                  f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
         raise ManifestError(f"{source} does not fit schema version {SCHEMA_VERSION}:\n" + "\n".join(lines)) from None
     names = [r.name for r in m.rungs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ManifestError(f"{source}: rungs {twice} are listed more than once")
     missing = [r for r in m.cascade.order if r not in names]
     if missing or names[0] != "dense":
         raise ManifestError(f"{source}: rungs must start with dense and include the cascade's order "
@@ -167,15 +172,17 @@ def validate_manifest(raw: object, source: str = "manifest") -> Manifest:
 
 
 def load_manifest(path: str | Path) -> Manifest:
+    from pipeline.common.formats import strict_yaml_load, yaml_error_line
+
     path = Path(path)
-    if not path.exists():
+    if path.is_dir():
+        raise ManifestError(f"{path} is a directory; give the manifest file (e.g. {path / 'manifest.yaml'})")
+    if not path.is_file():
         raise ManifestError(f"{path} not found: build it with `dvc repro manifest` (or `make repro`)")
     try:
-        raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        raw = strict_yaml_load(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ManifestError(f"{path}: not valid UTF-8 (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
     except yaml.YAMLError as exc:
-        from pipeline.common.formats import yaml_error_line
-
         raise ManifestError(yaml_error_line(path, exc)) from None
     return validate_manifest(raw, str(path))
