@@ -88,7 +88,7 @@ def _one_line_errors(name: str) -> None:
     """Uncaught AssetErrors (bad, missing or untrusted input files) print as one line; bugs keep their traceback."""
     from pipeline.common.assets import AssetError
 
-    previous = sys.excepthook
+    previous = getattr(sys.excepthook, "previous", sys.excepthook)  # begin() may run more than once
 
     def hook(kind, exc, tb):
         if issubclass(kind, AssetError):
@@ -96,16 +96,18 @@ def _one_line_errors(name: str) -> None:
         else:
             previous(kind, exc, tb)
 
+    hook.previous = previous
     sys.excepthook = hook
 
 
 # What each stage writes and loads, from its arguments (dvc.yaml declares the same paths). A stage
-# not listed writes its `--out` / `--*-out` arguments and has no checkpoint inputs to check.
+# not listed writes its `--out` / `--*-out` arguments and has no checkpoint inputs to check; an
+# argument a stage no longer has is skipped, never an error here.
 def stage_outputs(name: str, args: argparse.Namespace) -> list[Path]:
     a = vars(args)
-    if name == "prune":
+    if name == "prune" and a.get("ladder_dir") and a.get("rung"):
         return [Path(a["ladder_dir"]) / a["rung"]]
-    if name == "evaluate":
+    if name == "evaluate" and a.get("rung"):
         return [Path(a.get("out") or f"artifacts/eval/{a['rung']}")]
     return [Path(v) for k, v in a.items() if (k == "out" or k.endswith("_out")) and isinstance(v, str)]
 
@@ -114,18 +116,22 @@ def stage_inputs(name: str, args: argparse.Namespace, cfg: Config) -> list[Path]
     """Checkpoint directories and safetensors files the stage loads."""
     a = vars(args)
     p = {k: Path(v) for k, v in a.items() if isinstance(v, str)}
+    base, data, ladder = p.get("base"), p.get("data"), p.get("ladder_dir")
+    paths: list[Path | None] = []
     if name == "calibrate":
-        return [p["base"], p["data"] / "calibration.safetensors"]
-    if name == "prune":
-        rung = cfg.ladder.rungs.get(a["rung"])
-        parent = [p["ladder_dir"] / rung.parent] if rung is not None else []
-        weights = [p["calibration"] / "importance.safetensors", p["data"] / "calibration.safetensors"] if rung else []
-        return [p["base"], *parent, *weights]
-    if name == "evaluate":
-        return [p["ladder_dir"] / a["rung"], p["data"] / "heldout.safetensors"]
-    if name == "router" and cfg.router.features == "hidden_state":
-        return [p["ladder_dir"] / "dense"]
-    return []
+        paths = [base, data and data / "calibration.safetensors"]
+    elif name == "prune":
+        rung = cfg.ladder.rungs.get(a.get("rung"))
+        paths = [base]
+        if rung is not None:
+            calibration = p.get("calibration")
+            paths += [ladder and ladder / rung.parent, calibration and calibration / "importance.safetensors",
+                      data and data / "calibration.safetensors"]
+    elif name == "evaluate":
+        paths = [ladder and ladder / a.get("rung", ""), data and data / "heldout.safetensors"]
+    elif name == "router" and cfg.router.features == "hidden_state":
+        paths = [ladder and ladder / "dense"]
+    return [x for x in paths if x is not None]
 
 
 def check_inputs(paths: list[Path]) -> None:
