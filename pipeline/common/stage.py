@@ -68,18 +68,14 @@ def begin(name: str, add_args=None, argv: list[str] | None = None) -> Stage:
     except ConfigError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    from pipeline.common.assets import AssetError
     from pipeline.common.atomic import check_writable, sweep_stale
 
-    try:
-        for out in stage_outputs(name, args):
-            for p in sweep_stale(out):
-                log.info("%s: removed %s, left by a killed earlier run", name, p)
-            check_writable(out)
-        check_inputs(stage_inputs(name, args, cfg))
-    except AssetError as exc:
-        print(f"{name}: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    # AssetErrors from here on reach the caller as such; run as a script, the hook prints one line.
+    for out in stage_outputs(name, args):
+        for p in sweep_stale(out):
+            log.info("%s: removed %s, left by a killed earlier run", name, p)
+        check_writable(out)
+    check_inputs(stage_inputs(name, args, cfg))
     seed_everything(cfg.seed)
     return Stage(name, cfg, args)
 
@@ -127,8 +123,8 @@ def stage_inputs(name: str, args: argparse.Namespace, cfg: Config) -> list[Path]
             calibration = p.get("calibration")
             paths += [ladder and ladder / rung.parent, calibration and calibration / "importance.safetensors",
                       data and data / "calibration.safetensors"]
-    elif name == "evaluate":
-        paths = [ladder and ladder / a.get("rung", ""), data and data / "heldout.safetensors"]
+    elif name == "evaluate":  # the rung itself: verify_rung checks structure and digests
+        paths = [data and data / "heldout.safetensors"]
     elif name == "router" and cfg.router.features == "hidden_state":
         paths = [ladder and ladder / "dense"]
     return [x for x in paths if x is not None]
