@@ -262,8 +262,10 @@ def test_runtime_bounds_requests(deployed):
     rt = LadderRuntime(deployed / "manifest.yaml")
     ctx = "Question: Which gas do plants take in?\nAnswer:"
     t0 = time.perf_counter()
+    with pytest.raises(RequestError, match=r"the limit is serve\.max_(request_bytes|choice_tokens)="):
+        rt.answer(ctx, [" carbon dioxide", "x" * 100_000], "cascade")  # the request
     with pytest.raises(RequestError, match=r"choice 1 is \d+ tokens; the limit is serve.max_choice_tokens=256"):
-        rt.answer(ctx, [" carbon dioxide", "x" * 100_000], "cascade")
+        rt.answer(ctx, [" carbon dioxide", "x" * 30_000], "cascade")
     assert rt.limits == rt.manifest.serve  # the limits the manifest carries
     with pytest.raises(RequestError, match=rf"limit is serve.max_request_bytes={rt.limits.max_request_bytes}"):
         rt.answer(ctx, [" a", "word " * (rt.limits.max_request_bytes // 5 + 10)], "rung=dense")
