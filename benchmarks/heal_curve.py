@@ -71,7 +71,7 @@ def main() -> int:
     teacher = {k: load_file(f"artifacts/teacher/{k}.safetensors") for k in ("heal", "heal_val")}
     tok = AutoTokenizer.from_pretrained("artifacts/base")
     results = {}
-    dense = AutoModelForCausalLM.from_pretrained("artifacts/ladder/dense", dtype=torch.float32).eval()
+    dense = AutoModelForCausalLM.from_pretrained("artifacts/ladder/dense", dtype=torch.float32, use_safetensors=True).eval()
     results["dense"] = quality(dense, tok, items, held, other)
     del dense
     for rung in args.rungs:
@@ -86,7 +86,7 @@ def main() -> int:
             t = time.perf_counter()
             prune.main(["--params", str(tmp / "params.yaml"), "--rung", rung, "--ladder-dir", str(tmp / "ladder")])
             cut_secs = time.perf_counter() - t
-            model = AutoModelForCausalLM.from_pretrained(tmp / "ladder" / rung, dtype=torch.float32).eval()
+            model = AutoModelForCausalLM.from_pretrained(tmp / "ladder" / rung, dtype=torch.float32, use_safetensors=True).eval()
         curve = []
 
         def check(step, tokens, m):

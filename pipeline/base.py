@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
             tok.save_pretrained(tmp)
             del model  # the smoke test below must use what was written, not what is in memory
 
-            reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
+            reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32, use_safetensors=True).eval()
             rtok = AutoTokenizer.from_pretrained(tmp)
             ids = rtok(cfg.model.smoke_prompt, return_tensors="pt")
             with torch.no_grad():

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
 
     args = st.args
     with st.tracked() as tracker:
-        model = AutoModelForCausalLM.from_pretrained(args.base, dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_pretrained(args.base, dtype=torch.float32, use_safetensors=True).eval()
         blocks = load_file(str(Path(args.data) / "calibration.safetensors"))["input_ids"]
         tokens = blocks.numel()
 

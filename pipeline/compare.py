@@ -37,7 +37,9 @@ def decided(path: Path, o, te_ids: list[str]):
 
     if not path.exists():
         raise SystemExit(f"compare: {path} is missing: run `dvc repro {path.parent.name}` first")
-    d = {x["id"]: x for x in map(json.loads, path.read_text().splitlines())}
+    from pipeline.common.formats import read_jsonl
+
+    d = {x["id"]: x for x in read_jsonl(path, ("id", "rung"))}
     if set(d) != set(te_ids):
         raise SystemExit(f"compare: {path} decides other queries than the test split: re-run `dvc repro {path.parent.name}`")
     pos = {i: k for k, i in enumerate(o.ids)}

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.common.atomic import atomic_dir
     from pipeline.evaluation.budget import take_within_budget
     from pipeline.evaluation.scoring import encode_item
-    from pipeline.evaluation.splits import assign_split, take_in_hash_order
+    from pipeline.evaluation.splits import assign_split, empty_split_problem, take_in_hash_order
     from pipeline.evaluation.tasks import open_task
     from pipeline.evaluation.text import (
         load_passages,
@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> None:
                 "source": tcfg.source, "dataset_split": sorted(set(src.splits.values())),
                 "lm_eval_tasks": len(src.leaves), "dropped": dict(src.dropped),
             }
+        problem = empty_split_problem(records, {t: c.cap for t, c in d.tasks.items()}, fractions)
+        if problem:  # before writing: router, cascade and evaluate would fail on it minutes later
+            raise SystemExit(f"data: {problem}")
         total_tokens = sum(v["tokens"] for v in per_task.values())
         for v in per_task.values():
             v["token_share"] = round(v["tokens"] / max(1, total_tokens), 4)

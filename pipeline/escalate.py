@@ -39,21 +39,22 @@ def load_inputs(o, router_dir, cascade_dir):
     indices), its grid; the deferral risk [N, R] of every candidate (other columns +inf)."""
     import numpy as np
 
+    from pipeline.common.formats import read_json, read_jsonl
     from pipeline.routing.deferral import Deferral, signal_matrix
     from pipeline.routing.outcomes import task_indices
 
-    meta = json.loads((Path(router_dir) / "router.json").read_text())
+    meta = read_json(Path(router_dir) / "router.json")
     if meta["rungs"] != o.rungs:
         raise SystemExit(f"escalate: {router_dir} was built for rungs {meta['rungs']}, not {o.rungs}: "
                          "re-run `dvc repro router`")
-    by_id = {r["id"]: r["risk"] for r in map(json.loads, (Path(router_dir) / "risk.jsonl").read_text().splitlines())}
+    by_id = {r["id"]: r["risk"] for r in read_jsonl(Path(router_dir) / "risk.jsonl", ("id", "risk"))}
     missing = [i for i in o.ids if i not in by_id]
     if missing:
         raise SystemExit(f"escalate: {router_dir}/risk.jsonl lacks {len(missing)} queries (e.g. {missing[0]}): "
                          "re-run `dvc repro router`")
     candidates = [o.rung_index(r) for r in meta["candidates"]]
     risk = np.asarray([by_id[i] for i in o.ids], dtype=np.float64).reshape(len(o), len(candidates))
-    cth = json.loads((Path(cascade_dir) / "thresholds.json").read_text())
+    cth = read_json(Path(cascade_dir) / "thresholds.json")
     deferral = Deferral.from_json(cth["deferral"])
     lacking = [r for r in meta["candidates"] if deferral.kind == "learned" and r not in deferral.per_rung]
     if lacking:

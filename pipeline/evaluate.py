@@ -103,17 +103,18 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pipeline.common.atomic import atomic_dir
+    from pipeline.evaluation.items import read_items
     from pipeline.evaluation.scoring import encode_item, perplexity, score_choices
     from pipeline.models.checkpoint import verify_rung
     from pipeline.models.cost import model_cost
     from pipeline.models.measure import checkpoint_bytes, measure_speed, peak_rss_mb
 
     e = cfg.evaluate
+    items = read_items(Path(args.data) / "tasks.jsonl")  # an empty or malformed task set fails here, named
+    verify_rung(rung_dir)
     with st.tracked() as tracker:
-        verify_rung(rung_dir)
-        model = AutoModelForCausalLM.from_pretrained(rung_dir, dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_pretrained(rung_dir, dtype=torch.float32, use_safetensors=True).eval()
         tok = AutoTokenizer.from_pretrained(rung_dir)
-        items = [json.loads(line) for line in (Path(args.data) / "tasks.jsonl").read_text().splitlines()]
         held = load_file(str(Path(args.data) / "heldout.safetensors"))["input_ids"]
         held_other = load_file(str(Path(args.data) / "heldout_other.safetensors"))["input_ids"]
 

@@ -1,13 +1,13 @@
 """Stage `manifest`: the one file a deployment reads (`artifacts/manifest.yaml`).
 
-Gathers the base's provenance, every rung (path, weights sha256, shape, params, non-zeros,
-FLOPs, routing cost, per-task accuracy, perplexity; measured timings only when they are the cost,
-`cost.kind=latency`), the router (weights, sha256, risk model, candidates, certified threshold and
-its certificate, test metrics), the cascade (order, deferral, thresholds, epsilon, delta,
-calibration size, test metrics), route-then-escalate (threshold, certificate, test metrics) and
-build info (git revision, params hash, library versions), validates it against
-`pipeline/deploy/manifest_schema.py` and writes it atomically. With the default analytic cost,
-the same config and seed give a byte-identical manifest.
+Gathers the base's provenance, every rung (path, sha256 of every file it loads from, shape, params,
+non-zeros, FLOPs, routing cost, per-task accuracy, perplexity; measured timings only when they are
+the cost, `cost.kind=latency`), the router (weights, sha256, risk model, candidates, certified
+threshold and its certificate, test metrics), the cascade (order, deferral, thresholds, epsilon,
+delta, calibration size, test metrics), route-then-escalate (threshold, certificate, test metrics),
+the runtime's request limits (`serve.*`) and build info (git revision, params hash, library
+versions), validates it against `pipeline/deploy/manifest_schema.py` and writes it atomically.
+With the default analytic cost, the same config and seed give a byte-identical manifest.
 
 Also writes `artifacts/vllm_semantic_router.yaml`: the ladder as a vLLM Semantic Router config
 (v0.3) that `vllm-sr config validate` accepts; see `vllm_semantic_router`.
@@ -60,16 +60,22 @@ def library_versions() -> dict[str, str]:
 
 
 def rung_entry(name: str, ladder_dir: Path, eval_dir: Path, rel_to: Path, costs, k: int) -> dict:
-    rep = json.loads((ladder_dir / name / "pruning_report.json").read_text())
-    m = json.loads((eval_dir / name / "metrics.json").read_text())
+    from pipeline.common.formats import read_json
+
+    rep = read_json(ladder_dir / name / "pruning_report.json")
+    m = read_json(eval_dir / name / "metrics.json")
     key = "acc_norm" if m["prediction"] == "acc_norm" else "acc"
+    if not rep.get("files_sha256"):
+        stage = "dense" if name == "dense" else f"prune@{name}"
+        raise SystemExit(f"manifest: {ladder_dir / name / 'pruning_report.json'} records no files_sha256 (built "
+                         f"before every file was hashed): rebuild it with `dvc repro {stage}`")
     measured = costs.kind == "latency"  # timings vary run to run: only in the manifest when they are the cost
     d = costs.detail[name]
     return {
         "name": name,
         "path": os.path.relpath(ladder_dir / name, rel_to),
         "parent": rep["parent"],
-        "weights_sha256": rep["weights_sha256"],
+        "files_sha256": rep["files_sha256"],
         "shape": {k: rep["counts"][k] for k in ("layers", "kv_heads", "q_per_kv", "mlp")},
         "params": m["cost"]["params"],
         "nonzero_params": m["cost"]["nonzero_params"],
@@ -92,6 +98,7 @@ def _certificate(certified: dict, calibration_size: int) -> dict:
 
 def build_manifest(cfg, args) -> dict:
     from pipeline.common.assets import sha256_file
+    from pipeline.common.formats import read_json
     from pipeline.common.tracking import params_hash
     from pipeline.routing.costs import rung_costs
 
@@ -100,18 +107,20 @@ def build_manifest(cfg, args) -> dict:
     costs = rung_costs(cfg.cost, cfg.rungs, ladder_dir, args.speed)
     rungs = [rung_entry(r, ladder_dir, eval_dir, out_dir, costs, k) for k, r in enumerate(cfg.rungs)]
     router_dir, cascade_dir, escalate_dir = Path(args.router), Path(args.cascade), Path(args.escalate)
-    rmeta = json.loads((router_dir / "router.json").read_text())
-    rmetrics = json.loads((router_dir / "metrics.json").read_text())
-    cth = json.loads((cascade_dir / "thresholds.json").read_text())
-    cmetrics = json.loads((cascade_dir / "metrics.json").read_text())
-    eth = json.loads((escalate_dir / "thresholds.json").read_text())
-    emetrics = json.loads((escalate_dir / "metrics.json").read_text())
+    rmeta = read_json(router_dir / "router.json")
+    rmetrics = read_json(router_dir / "metrics.json")
+    cth = read_json(cascade_dir / "thresholds.json")
+    cmetrics = read_json(cascade_dir / "metrics.json")
+    eth = read_json(escalate_dir / "thresholds.json")
+    emetrics = read_json(escalate_dir / "metrics.json")
     rev, dirty = git_info()
-    base = json.loads((Path(args.base) / "provenance.json").read_text())
+    base = read_json(Path(args.base) / "provenance.json")
     n_cal = rmetrics["split_sizes"]["calibration"]
     rtest = rmetrics["test"]
+    from pipeline.deploy.manifest_schema import SCHEMA_VERSION
+
     return {
-        "schema_version": 2,
+        "schema_version": SCHEMA_VERSION,
         "name": base["name"] + "-ladder",
         "prediction": cfg.evaluate.prediction,
         "base": base,
@@ -144,6 +153,7 @@ def build_manifest(cfg, args) -> dict:
             "certificate": _certificate(emetrics["certified"], eth["n_calibration"]),
             "test_metrics": emetrics["test"],
         },
+        "serve": cfg.serve.model_dump(),
         "build": {"git_revision": rev, "git_dirty": dirty, "params_hash": params_hash(cfg), "seed": cfg.seed,
                   "libraries": library_versions()},
     }

@@ -82,8 +82,8 @@ def main(argv: list[str] | None = None) -> None:
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-    from pipeline.common.assets import sha256_file
     from pipeline.common.atomic import atomic_dir
+    from pipeline.models.checkpoint import file_digests
     from pipeline.models.cost import DEFAULT_CONTEXT, model_cost, module_sparsity
     from pipeline.pruning.allocator import allocate, counts_cost, kl_loss, lm_loss
     from pipeline.pruning.cut import cut_to
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     parent_dir = Path(args.base) if rung is None else Path(args.ladder_dir) / rung.parent
 
     with st.tracked() as tracker:
-        model = AutoModelForCausalLM.from_pretrained(parent_dir, dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_pretrained(parent_dir, dtype=torch.float32, use_safetensors=True).eval()
         tok = AutoTokenizer.from_pretrained(args.base)
         recipe_out: dict = {"rung": name, "parent": rung.parent if rung else None, "steps": []}
         trace, cut_report, heal_report = [], None, None
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
             # save_pretrained to write its own recipe and compression config.
             PreTrainedModel.save_pretrained(model, tmp, safe_serialization=True)
             tok.save_pretrained(tmp)
-            report["weights_sha256"] = {p.name: sha256_file(p) for p in sorted(tmp.glob("*.safetensors"))}
+            report["files_sha256"] = file_digests(tmp)  # every file a loader reads: checked downstream
             (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe_out, sort_keys=False))
             (tmp / "pruning_report.json").write_text(json.dumps(report, indent=2) + "\n")
             (tmp / "README.md").write_text(_model_card(name, report, recipe_out, st.cfg.model.name))

@@ -141,14 +141,20 @@ def main(argv: list[str] | None = None) -> None:
     import numpy as np
 
     from pipeline.common.atomic import atomic_dir
+    from pipeline.evaluation.items import read_items
     from pipeline.routing import risk_models as RM
     from pipeline.routing.features import Featurizer, query_text
     from pipeline.routing.outcomes import load_routing_inputs, task_indices
     from pipeline.routing.plots import curves_picture
     from pipeline.routing.policies import pareto_front, risk_grid, route
 
-    o, costs = load_routing_inputs(cfg, args.eval_dir, args.ladder_dir, args.speed)
-    items = {it["id"]: it for it in map(json.loads, (Path(args.data) / "tasks.jsonl").read_text().splitlines())}
+    o, costs = load_routing_inputs(cfg, args.eval_dir, args.ladder_dir, args.speed)  # refuses empty or malformed records
+    tasks_file = Path(args.data) / "tasks.jsonl"
+    items = {it["id"]: it for it in read_items(tasks_file)}
+    unknown = [i for i in o.ids if i not in items]
+    if unknown:
+        raise SystemExit(f"router: {len(unknown)} evaluated queries (e.g. {unknown[0]!r}) are not in {tasks_file}: "
+                         "the evaluation is older than the task set; rebuild with `dvc repro`")
     texts = [query_text(items[i]["context"], items[i]["choices"]) for i in o.ids]
     split = {s: o.splits == s for s in ("router_train", "calibration", "test")}
     for s, m in split.items():

@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.models.measure import time_decode, time_forward
 
     with st.tracked() as tracker:
-        models = {r: AutoModelForCausalLM.from_pretrained(Path(args.ladder_dir) / r, dtype=torch.float32).eval()
+        models = {r: AutoModelForCausalLM.from_pretrained(Path(args.ladder_dir) / r, dtype=torch.float32,
+                                                         use_safetensors=True).eval()
                   for r in cfg.rungs}
         vocab = models["dense"].config.vocab_size
         g = torch.Generator().manual_seed(cfg.seed)

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
                          f"{len(calib)} calibration blocks (data.calibration.num_blocks)")
     k = ladder.teacher.topk
     with st.tracked() as tracker:
-        model = AutoModelForCausalLM.from_pretrained(args.base, dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_pretrained(args.base, dtype=torch.float32, use_safetensors=True).eval()
         t0 = time.perf_counter()
         sets = {
             "heal": teacher_topk(model, heal_blocks[:-n_val], k, desc="teacher: healing blocks"),

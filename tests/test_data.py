@@ -103,7 +103,7 @@ def test_unscorable_task_fails_before_any_text_work(tiny_base, tmp_path, monkeyp
     monkeypatch.delitem(task_catalog.REFUSED, "winogrande")
     monkeypatch.setitem(task_catalog.OFFLINE, "winogrande", ("winogrande", "validation"))
     monkeypatch.setattr(text, "load_passages", lambda *_: pytest.fail("text was loaded before the task check"))
-    raw = tiny_config(["+data.tasks.winogrande={cap: 3}"])
+    raw = tiny_config(["+data.tasks.winogrande={cap: 4}"])
     params = write_params(tmp_path / "params.yaml", raw)
     with pytest.raises(TaskError, match="winogrande.*multiple-input"):
         data.main(["--params", str(params), "--base", str(tiny_base), "--out", str(tmp_path / "data")])

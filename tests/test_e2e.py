@@ -95,13 +95,13 @@ def test_dvc_repro_then_exp_run_on_tiny_preset(repo_copy):
     # only the stages whose params changed rerun.
     _sh(["git", "add", "-A"], repo, env)
     _sh(["git", "commit", "-qm", "lock"], repo, env)
-    exp = _sh([*dvc, "exp", "run", "-S", "+experiment=tiny", "-S", "data.tasks.piqa.cap=3"], repo, env)
+    exp = _sh([*dvc, "exp", "run", "-S", "+experiment=tiny", "-S", "data.tasks.piqa.cap=4"], repo, env)
     assert "data: read" in exp and "base: read" not in exp
     # Calibration blocks did not change (only task items did): nothing downstream of them reruns.
     assert "calibrate: read" not in exp and "prune: read" not in exp
     assert "evaluate: read" in exp  # task items changed: every rung is re-scored
     assert "router: read" in exp and "cascade: read" in exp and "manifest: read" in exp
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    assert params["data"]["tasks"]["piqa"]["cap"] == 3 and params["model"]["name"] == "tiny-llama"
+    assert params["data"]["tasks"]["piqa"]["cap"] == 4 and params["model"]["name"] == "tiny-llama"
     summary = json.loads((repo / "artifacts/data/summary.json").read_text())
-    assert summary["tasks"]["piqa"]["total"] == 3 and summary["items"] == sum(caps.values()) - caps["piqa"] + 3
+    assert summary["tasks"]["piqa"]["total"] == 4 and summary["items"] == sum(caps.values()) - caps["piqa"] + 4

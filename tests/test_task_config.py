@@ -33,7 +33,7 @@ def test_task_without_shared_context_is_refused_with_the_reason():
 
 
 def test_hub_names_pass_config_and_are_left_to_the_data_stage():
-    cfg = validate(tiny_config(["+data.tasks.mmlu_pro={cap: 3, source: hub}"]))
+    cfg = validate(tiny_config(["+data.tasks.mmlu_pro={cap: 4, source: hub}"]))
     assert cfg.data.tasks["mmlu_pro"].source == "hub"
     raw = tiny_config()
     raw["data"]["tasks"]["bad/name"] = {"source": "hub"}
@@ -42,8 +42,8 @@ def test_hub_names_pass_config_and_are_left_to_the_data_stage():
 
 
 def test_mmlu_groups_and_subjects_are_offline_names():
-    cfg = validate(tiny_config(["+data.tasks.mmlu_anatomy={cap: 3}", "+data.tasks.mmlu_stem_continuation={cap: 3}",
-                                "+data.tasks.mmlu={cap: 3, split: test}"]))
+    cfg = validate(tiny_config(["+data.tasks.mmlu_anatomy={cap: 4}", "+data.tasks.mmlu_stem_continuation={cap: 4}",
+                                "+data.tasks.mmlu={cap: 4, split: test}"]))
     assert {"mmlu_anatomy", "mmlu_stem_continuation", "mmlu"} <= set(cfg.data.tasks)
 
 

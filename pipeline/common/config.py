@@ -11,6 +11,7 @@ composition so tests and `make params` can check that the two agree.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -39,8 +40,10 @@ Slug = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$")]
 
 
 class Strict(BaseModel):
-    # Unknown keys are errors: a misspelt option must never be silently ignored.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Unknown keys are errors: a misspelt option must never be silently ignored. Strict types: YAML
+    # already gives ints, floats and bools their own types, so 'yes', "3" or 3.0 where a bool or an
+    # int belongs is a mistake to report, not to coerce (an int is still a valid float).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 # --- model -------------------------------------------------------------------
@@ -190,6 +193,30 @@ class DataConfig(Strict):
         if problems:
             raise ValueError("; ".join(problems))
         return v
+
+    @model_validator(mode="after")
+    def _every_split_gets_queries(self) -> "DataConfig":
+        """A capped task whose cap x fraction is under one query cannot fill that split: refused here,
+        not after the data stage and every evaluation have run."""
+        fractions = self.splits.model_dump(exclude={"salt"})
+        problems = []
+        for task, t in self.tasks.items():
+            if t.cap is None:
+                continue
+            if t.cap == 0:
+                problems.append(f"data.tasks.{task}.cap is 0 (no queries at all): remove the task or raise its cap")
+                continue
+            short = {s: f for s, f in fractions.items() if t.cap * f < 1 - 1e-9}
+            if short:
+                need = max(math.ceil(1 / f - 1e-9) for f in short.values())
+                problems.append(
+                    f"data.tasks.{task}.cap={t.cap} gives less than one query per task to "
+                    + ", ".join(f"{s} (data.splits.{s}={f:g}: {t.cap * f:.2g})" for s, f in short.items())
+                    + f"; raise the cap to at least {need} or those fractions"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 # --- ladder ------------------------------------------------------------------
@@ -433,6 +460,29 @@ class CostConfig(Strict):
     speed: SpeedConfig = SpeedConfig()
 
 
+class ServeConfig(Strict):
+    """Request limits of the runtime (`python -m pipeline.serve`, `LadderRuntime`).
+
+    The manifest stage copies them into the manifest, so a deployment carries its limits. A request
+    over a limit is refused with a message naming it; only a long context is cut, from the left as
+    lm-evaluation-harness does (unless `context_overflow: refuse`): cutting a choice would change
+    what is scored."""
+
+    max_request_bytes: PositiveInt = 65_536  # UTF-8 bytes of context + choices, checked before tokenising
+    max_choices: Annotated[int, Field(ge=2)] = 16
+    max_choice_tokens: PositiveInt = 256
+    max_context_tokens: PositiveInt = 2048
+    max_request_tokens: PositiveInt = 4096  # context + every choice: the one sequence scored per rung
+    context_overflow: Literal["truncate_left", "refuse"] = "truncate_left"
+
+    @model_validator(mode="after")
+    def _room_for_a_context(self) -> "ServeConfig":
+        if self.max_request_tokens <= 2 * self.max_choice_tokens:
+            raise ValueError(f"max_request_tokens ({self.max_request_tokens}) must exceed two choices of "
+                             f"max_choice_tokens ({self.max_choice_tokens}), or no request fits")
+        return self
+
+
 class TrackingConfig(Strict):
     mode: Literal["offline", "online", "disabled"] = "offline"
     project: str = "ladder"
@@ -450,8 +500,8 @@ class Config(Strict):
     router: RouterConfig = RouterConfig()
     cascade: CascadeConfig = CascadeConfig()
     cost: CostConfig = CostConfig()
+    serve: ServeConfig = ServeConfig()
     tracking: TrackingConfig = TrackingConfig()
-
 
     @model_validator(mode="after")
     def _rungs_match_ladder(self) -> "Config":
@@ -496,8 +546,24 @@ def _describe(err: dict) -> str:
     elif err["type"] == "value_error":
         msg = msg.removeprefix("Value error, ")
     elif err["type"] not in ("missing",):
-        msg = f"{msg} (got {err['input']!r})"
+        msg = f"{msg} (got {err['input']!r}){_type_hint(err)}"
     return f"  {loc or '<root>'}: {msg}"
+
+
+def _type_hint(err: dict) -> str:
+    """How to write the value in YAML, when strict typing refused a look-alike."""
+    value = err.get("input")
+    if err["type"] == "bool_type":
+        return "; write true or false"
+    if err["type"] == "int_type" and isinstance(value, (str, float)):
+        return "; write a whole number, unquoted"
+    if err["type"] == "float_type" and isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return ""
+        return "; write it unquoted, with a dot before any exponent (YAML reads 1e-4 as text, 1.0e-4 as a number)"
+    return ""
 
 
 def _missing(node: Any, prefix: str = "") -> list[str]:
@@ -524,10 +590,19 @@ def validate(raw: dict) -> Config:
 
 
 def load_config(path: str | Path = "params.yaml") -> Config:
+    from pipeline.common.formats import strict_yaml_load, yaml_error_line
+
     path = Path(path)
-    if not path.exists():
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; give the composed config file (e.g. {path / 'params.yaml'})")
+    if not path.is_file():
         raise ConfigError(f"{path} not found: run `make params` or `dvc exp run` to compose it from conf/")
-    raw = yaml.safe_load(path.read_text())
+    try:
+        raw = strict_yaml_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid UTF-8 (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(yaml_error_line(path, exc)) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} is not a YAML mapping")
     return validate(raw)

@@ -1,7 +1,14 @@
-"""What every stage does around its work: parse args, validate config, seed, track.
+"""What every stage does around its work: parse args, validate config, check its files, seed, track.
 
 A stage module calls `begin(name)` first thing, before importing torch or
-transformers, so a bad config fails in a fraction of a second.
+transformers, so a bad config fails in a fraction of a second. `begin` also:
+- sweeps what a killed earlier run of the stage left next to its outputs, and checks that each
+  output location is writable (`pipeline.common.atomic`), so a read-only directory fails before
+  the work, not at the final rename;
+- checks the structure of every checkpoint and safetensors file the stage will load
+  (`stage_inputs`), so a truncated or foreign file fails naming itself before any model loads;
+- makes the project's own errors about inputs (AssetError: a file missing, corrupt or untrusted)
+  print as one line, `<stage>: <message>`, instead of a traceback.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator
 
 from pipeline.common.config import Config, ConfigError, load_config
@@ -47,8 +55,9 @@ class Stage:
 
 
 def begin(name: str, add_args=None, argv: list[str] | None = None) -> Stage:
-    """Parse `--params` (+ stage args), validate the config, seed everything."""
+    """Parse `--params` (+ stage args), validate the config, check inputs and outputs, seed everything."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    _one_line_errors(name)
     ap = argparse.ArgumentParser(prog=f"python -m pipeline.{name}")
     ap.add_argument("--params", default="params.yaml", help="composed config (default: params.yaml)")
     if add_args:
@@ -59,8 +68,83 @@ def begin(name: str, add_args=None, argv: list[str] | None = None) -> Stage:
     except ConfigError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    from pipeline.common.atomic import check_writable, sweep_stale
+
+    # AssetErrors from here on reach the caller as such; run as a script, the hook prints one line.
+    for out in stage_outputs(name, args):
+        for p in sweep_stale(out):
+            log.info("%s: removed %s, left by a killed earlier run", name, p)
+        check_writable(out)
+    check_inputs(stage_inputs(name, args, cfg))
     seed_everything(cfg.seed)
     return Stage(name, cfg, args)
+
+
+def _one_line_errors(name: str) -> None:
+    """Uncaught AssetErrors (bad, missing or untrusted input files) print as one line; bugs keep their traceback."""
+    from pipeline.common.assets import AssetError
+
+    previous = getattr(sys.excepthook, "previous", sys.excepthook)  # begin() may run more than once
+
+    def hook(kind, exc, tb):
+        if issubclass(kind, AssetError):
+            print(f"{name}: {exc}", file=sys.stderr)
+        else:
+            previous(kind, exc, tb)
+
+    hook.previous = previous
+    sys.excepthook = hook
+
+
+# What each stage writes and loads, from its arguments (dvc.yaml declares the same paths). A stage
+# not listed writes its `--out` / `--*-out` arguments and has no checkpoint inputs to check; an
+# argument a stage no longer has is skipped, never an error here.
+def stage_outputs(name: str, args: argparse.Namespace) -> list[Path]:
+    a = vars(args)
+    if name == "prune" and a.get("ladder_dir") and a.get("rung"):
+        return [Path(a["ladder_dir"]) / a["rung"]]
+    if name == "evaluate" and a.get("rung"):
+        return [Path(a.get("out") or f"artifacts/eval/{a['rung']}")]
+    return [Path(v) for k, v in a.items() if (k == "out" or k.endswith("_out")) and isinstance(v, str)]
+
+
+def stage_inputs(name: str, args: argparse.Namespace, cfg: Config) -> list[Path]:
+    """Checkpoint directories and safetensors files the stage loads."""
+    a = vars(args)
+    p = {k: Path(v) for k, v in a.items() if isinstance(v, str)}
+    base, data, ladder = p.get("base"), p.get("data"), p.get("ladder_dir")
+    paths: list[Path | None] = []
+    if name == "calibrate":
+        paths = [base, data and data / "calibration.safetensors"]
+    elif name == "teacher":
+        paths = [base, data and data / "heal.safetensors", data and data / "calibration.safetensors"]
+    elif name == "prune":
+        rung = cfg.ladder.rungs.get(a.get("rung"))
+        paths = [base]
+        if rung is not None:
+            calibration, teacher = p.get("calibration"), p.get("teacher")
+            paths += [ladder and ladder / rung.parent, calibration and calibration / "importance.safetensors",
+                      data and data / "calibration.safetensors"]
+            paths += [teacher and teacher / f"{f}.safetensors" for f in ("heal", "heal_val", "allocator")]
+    elif name == "speed":  # every rung, each loaded whole
+        paths = [ladder and ladder / r for r in cfg.rungs]
+    elif name == "evaluate":  # the rung itself: verify_rung checks structure and digests
+        paths = [data and data / "heldout.safetensors", data and data / "heldout_other.safetensors"]
+    elif name == "router" and cfg.router.features == "hidden_state":
+        paths = [ladder and ladder / "dense"]
+    return [x for x in paths if x is not None]
+
+
+def check_inputs(paths: list[Path]) -> None:
+    """Structure of each input that exists (a missing one is the stage's own error to report)."""
+    from pipeline.common.formats import check_safetensors
+    from pipeline.models.checkpoint import check_checkpoint_files
+
+    for path in paths:
+        if path.is_dir():
+            check_checkpoint_files(path)
+        elif path.suffix == ".safetensors" and path.exists():
+            check_safetensors(path)
 
 
 def seed_everything(seed: int) -> None:

@@ -1,30 +1,101 @@
-"""Check a rung directory before using it: files present, weights as the build wrote them."""
+"""A checkpoint directory, trusted only as the build wrote it.
+
+The prune stage records `file_digests(rung_dir)` in the rung's `pruning_report.json` as
+`files_sha256`: the sha256 of every file `from_pretrained` may read (config.json,
+generation_config.json, the tokenizer files, every weights shard and the shard index), i.e. every
+file of the directory except the documentation written next to them. The manifest copies them,
+and `check_rung_files` (used by `verify_rung` in the evaluation and by the runtime) refuses a
+directory where any of them is missing or different, or where a file the build never wrote has
+appeared (a config can name another weights file, a tokenizer can pick up an extra one).
+"""
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 
 from pipeline.common.assets import AssetError, sha256_file
+from pipeline.common.formats import check_safetensors, read_json
 
-REQUIRED = ("config.json", "model.safetensors", "tokenizer.json", "pruning_report.json")
+# Written next to the checkpoint for people, never read by a loader (the report holds the digests).
+DOCUMENTATION = frozenset({"pruning_report.json", "recipe.yaml", "README.md"})
+
+
+class ChecksumError(AssetError):
+    """A file the build vouches for has a different sha256: refuse to use it."""
+
+
+def shown(path: str | Path) -> str:
+    """A path as a command run from here should name it: relative when under the current directory."""
+    rel = os.path.relpath(Path(path))
+    return rel if not rel.startswith("..") else str(Path(path).resolve())
+
+
+def file_digests(rung_dir: str | Path) -> dict[str, str]:
+    """sha256 of every file a loader may read in a checkpoint directory, by file name."""
+    rung_dir = Path(rung_dir)
+    return {p.name: sha256_file(p) for p in sorted(rung_dir.iterdir())
+            if p.is_file() and p.name not in DOCUMENTATION}
+
+
+def check_checkpoint_files(ckpt_dir: str | Path) -> None:
+    """Structure only (no digests): config.json is JSON, every weights file is sound safetensors."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        raise AssetError(f"checkpoint directory {ckpt_dir} does not exist")
+    read_json(ckpt_dir / "config.json")
+    shards = sorted(ckpt_dir.glob("*.safetensors"))
+    if not shards:
+        raise AssetError(f"{ckpt_dir} has no *.safetensors weights (only safetensors checkpoints are loaded)")
+    for p in shards:
+        check_safetensors(p)
+
+
+def check_rung_files(rung_dir: str | Path, digests: dict[str, str], what: str, restore: str) -> None:
+    """Refuse a checkpoint that is not exactly the recorded files.
+
+    `restore` is the command that brings the directory back, quoted in every message."""
+    rung_dir = Path(rung_dir)
+    if not rung_dir.is_dir():
+        raise AssetError(f"{what}: {shown(rung_dir)} does not exist; {restore}")
+    if "config.json" not in digests or not any(n.endswith(".safetensors") for n in digests):
+        raise AssetError(f"{what}: the recorded files {sorted(digests)} lack config.json or safetensors weights; "
+                         "rebuild with `dvc repro`")
+    present = {p.name for p in rung_dir.iterdir()}
+    missing = sorted(set(digests) - present)
+    if missing:
+        raise AssetError(f"{what}: {', '.join(missing)} missing from {shown(rung_dir)}; {restore}")
+    unrecorded = sorted(present - set(digests) - DOCUMENTATION)
+    if unrecorded:
+        raise ChecksumError(f"{what}: {', '.join(unrecorded)} in {shown(rung_dir)} were not written by the build "
+                            f"(a loader could read them); remove them, or {restore}")
+    for name in sorted(digests):
+        if name.endswith(".safetensors"):
+            try:
+                check_safetensors(rung_dir / name)
+            except AssetError as exc:
+                raise AssetError(f"{what}: {exc}; {restore}") from None
+    for name, expected in sorted(digests.items()):
+        actual = sha256_file(rung_dir / name)
+        if actual != expected:
+            raise ChecksumError(f"{what}: {shown(rung_dir / name)} has sha256 {actual}, but the build recorded "
+                                f"{expected}: modified or corrupted after the build; {restore}")
+
+
+def restore_hint(rung_dir: str | Path) -> str:
+    return f"restore it with `dvc checkout --force {shown(rung_dir)}` or rebuild it with `dvc repro`"
 
 
 def verify_rung(rung_dir: str | Path) -> dict:
-    """Return the rung's pruning report; raise AssetError if anything is missing or altered."""
+    """Return the rung's pruning report; raise AssetError if any file is missing, extra or altered."""
     rung_dir = Path(rung_dir)
     if not rung_dir.is_dir():
         raise AssetError(f"rung directory {rung_dir} does not exist: run `dvc repro` to build the ladder")
-    missing = [f for f in REQUIRED if not (rung_dir / f).exists()]
-    if missing:
-        raise AssetError(f"rung {rung_dir} is incomplete: missing {missing}")
-    report = json.loads((rung_dir / "pruning_report.json").read_text())
-    expected = report.get("weights_sha256", {})
-    for name, digest in expected.items():
-        actual = sha256_file(rung_dir / name)
-        if actual != digest:
-            raise AssetError(
-                f"rung {rung_dir}: {name} has sha256 {actual}, but the build recorded {digest}; "
-                "the checkpoint is corrupt or was modified: rebuild it with `dvc repro`"
-            )
+    report = read_json(rung_dir / "pruning_report.json")
+    digests = report.get("files_sha256")
+    if not isinstance(digests, dict) or not digests:
+        stage = "dense" if rung_dir.name == "dense" else f"prune@{rung_dir.name}"
+        raise AssetError(f"{rung_dir / 'pruning_report.json'} records no files_sha256 (built before every file was "
+                         f"hashed): rebuild it with `dvc repro {stage}`")
+    check_rung_files(rung_dir, digests, f"rung {rung_dir.name}", restore_hint(rung_dir))
     return report

@@ -35,6 +35,7 @@ from pipeline.common.config import (
     PackageSource,
     RandomSource,
 )
+from pipeline.models.checkpoint import check_checkpoint_files
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -44,15 +45,37 @@ def _from_file_or_dir(path: Path, dtype: torch.dtype, load_model: bool = True):
     if path.is_file():
         if path.suffix != ".gguf":
             raise AssetError(f"{path} is a file but not a .gguf; give a GGUF file or an HF directory")
-        kw: dict[str, Any] = {"gguf_file": path.name}
+        check_gguf(path)
+        kw: dict[str, Any] = {"gguf_file": path.name}  # GGUF holds plain arrays, no pickle
         where = path.parent
     elif (path / "config.json").exists():
-        kw, where = {}, path
+        if load_model:
+            check_checkpoint_files(path)
+        kw, where = {"use_safetensors": True}, path
     else:
         raise AssetError(f"{path} is neither a .gguf file nor a Hugging Face directory with config.json")
-    tok = AutoTokenizer.from_pretrained(where, **kw)
-    model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kw) if load_model else None
+    try:
+        tok = AutoTokenizer.from_pretrained(where, **{k: v for k, v in kw.items() if k != "use_safetensors"})
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, **kw) if load_model else None
+    except Exception as exc:  # the GGUF reader raises whatever numpy or struct raise on a short file
+        what = "truncated or corrupt GGUF file" if "gguf_file" in kw else "could not load the checkpoint"
+        raise AssetError(f"{path}: {what} ({type(exc).__name__}: {_first_line(exc)})") from exc
     return model, tok
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_gguf(path: Path) -> None:
+    """A file under a .gguf name must start with the GGUF magic. Truncation and corruption show up
+    only when the loader parses it (parsing up front costs seconds): `_from_file_or_dir` turns
+    that error into one line naming the file."""
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != b"GGUF":
+        raise AssetError(f"{path}: not a GGUF file (it starts with {magic!r}, not b'GGUF')")
 
 
 def _source_file(src: PackageSource | LocalSource) -> tuple[Path, dict]:
@@ -90,7 +113,8 @@ def _from_hub(src: HubSource, dtype: torch.dtype, load_model: bool = True):
         kw["gguf_file"] = src.gguf_file
     try:
         tok = AutoTokenizer.from_pretrained(src.repo_id, **kw)
-        model = AutoModelForCausalLM.from_pretrained(src.repo_id, dtype=dtype, **kw) if load_model else None
+        weights = {} if src.gguf_file else {"use_safetensors": True}  # never a pickled checkpoint
+        model = AutoModelForCausalLM.from_pretrained(src.repo_id, dtype=dtype, **kw, **weights) if load_model else None
     except (OSError, ValueError) as exc:
         raise AssetError(
             f"could not load '{src.repo_id}' (revision {src.revision}) from the Hugging Face Hub: "

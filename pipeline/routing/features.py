@@ -56,7 +56,7 @@ class Featurizer:
         self.tok = AutoTokenizer.from_pretrained(self.model_dir)
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
-        model = AutoModel.from_pretrained(self.model_dir, dtype=torch.float32).eval()
+        model = AutoModel.from_pretrained(self.model_dir, dtype=torch.float32, use_safetensors=True).eval()
         self.model = model
 
     @property

@@ -9,13 +9,17 @@ Costs are relative to dense (dense = 1.0), so "cost 0.6" means 60% of dense's FL
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.common.assets import AssetError
+from pipeline.common.formats import read_jsonl
+
 SIGNALS = ("msp", "margin", "entropy", "msp_norm", "margin_norm", "entropy_norm")
+RECORD_KEYS = ("id", "task", "split", "pred", "correct", "pred_norm", "correct_norm", "msp", "margin",
+               "entropy_normalised", "msp_norm", "margin_norm", "entropy_normalised_norm")
 
 
 def signal_value(record: dict, signal: str) -> float:
@@ -60,8 +64,9 @@ class Outcomes:
         return len(self.ids)
 
 
-def load_outcomes(eval_dir: str | Path, rungs: list[str], prediction: str, costs) -> Outcomes:
-    """`costs`: the rungs' `RungCosts` (see `pipeline/routing/costs.py`), in the order of `rungs`."""
+def read_records(eval_dir: str | Path, rungs: list[str]) -> list[dict[str, dict]]:
+    """Every rung's records by item id, read strictly: a missing, empty or malformed file, or a rung
+    evaluated on other items than dense, fails naming the file and the stage that rebuilds it."""
     eval_dir = Path(eval_dir)
     if rungs[0] != "dense":
         raise ValueError(f"rungs must start with dense, got {rungs}")
@@ -69,12 +74,25 @@ def load_outcomes(eval_dir: str | Path, rungs: list[str], prediction: str, costs
     for name in rungs:
         path = eval_dir / name / "records.jsonl"
         if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: run `dvc repro evaluate@{name}` first")
-        per_rung.append({r["id"]: r for r in map(json.loads, path.read_text().splitlines())})
+            raise AssetError(f"{path} is missing: run `dvc repro evaluate@{name}` first")
+        records = read_jsonl(path, RECORD_KEYS)
+        if not records:
+            raise AssetError(f"{path} holds no records (an empty task set?): rebuild with `dvc repro evaluate@{name}`")
+        per_rung.append({r["id"]: r for r in records})
     ids = list(per_rung[0])
     for name, recs in zip(rungs, per_rung):
         if set(recs) != set(ids):
-            raise ValueError(f"rung {name} was evaluated on other items than dense: re-run its evaluation")
+            raise AssetError(f"rung {name} was evaluated on other items than dense: re-run its evaluation "
+                             f"(`dvc repro evaluate@{name}`)")
+    return per_rung
+
+
+def load_outcomes(eval_dir: str | Path, rungs: list[str], prediction: str, costs,
+                  per_rung: list[dict[str, dict]] | None = None) -> Outcomes:
+    """`costs`: the rungs' `RungCosts` (see `pipeline/routing/costs.py`), in the order of `rungs`;
+    `per_rung`: `read_records(eval_dir, rungs)` when the caller has read them already."""
+    per_rung = per_rung if per_rung is not None else read_records(eval_dir, rungs)
+    ids = list(per_rung[0])
     rows = [[recs[i] for recs in per_rung] for i in ids]
     answers = [[answer_of(r, prediction) for r in row] for row in rows]
     cost_raw = np.asarray(costs.raw, dtype=np.float64)
@@ -90,11 +108,12 @@ def load_outcomes(eval_dir: str | Path, rungs: list[str], prediction: str, costs
 
 def load_routing_inputs(cfg, eval_dir: str | Path, ladder_dir: str | Path, speed_path: str | Path | None):
     """(Outcomes, RungCosts) for the stages that route: the records of every rung, and their cost
-    under `cfg.cost`."""
+    under `cfg.cost`. The records are read (and refused if empty or malformed) first."""
     from pipeline.routing.costs import rung_costs
 
+    per_rung = read_records(eval_dir, cfg.rungs)
     costs = rung_costs(cfg.cost, cfg.rungs, ladder_dir, speed_path)
-    return load_outcomes(eval_dir, cfg.rungs, cfg.evaluate.prediction, costs), costs
+    return load_outcomes(eval_dir, cfg.rungs, cfg.evaluate.prediction, costs, per_rung), costs
 
 
 def task_indices(tasks: list[str], known: list[str]) -> np.ndarray:

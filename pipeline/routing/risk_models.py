@@ -352,7 +352,13 @@ def load_router(router_dir):
     router_dir = Path(router_dir)
     meta = json.loads((router_dir / "router.json").read_text())
     state = load_file(str(router_dir / "router.safetensors"))
+    return restore_router(meta, state, router_dir / "router.json"), meta
+
+
+def restore_router(meta: dict, state: dict, source="router.json"):
+    """The risk model from `router.json`'s content and the weights' arrays (the runtime passes the
+    copy of the config it checked, not a second read)."""
     fam = meta["model"]["family"]
     if fam not in RESTORE:
-        raise ValueError(f"{router_dir}/router.json: unknown model family '{fam}'; allowed: {sorted(RESTORE)}")
-    return RESTORE[fam].restore(meta["model"], state, len(meta["tasks"])), meta
+        raise ValueError(f"{source}: unknown model family '{fam}'; allowed: {sorted(RESTORE)}")
+    return RESTORE[fam].restore(meta["model"], state, len(meta["tasks"]))
