@@ -44,7 +44,7 @@ def main() -> int:
         c = r["counts"]
         print(f"{name:<16}{secs:>9.1f}{r['flops_per_token']:>14,}{r['relative']['flops']:>9.3f}{r['params']:>13,}"
               f"{r['nonzero_params']:>13,}{r['relative']['nonzero_params']:>8.3f}  "
-              f"L{c['layers']} kv{c['kv_heads']}xq{c['q_per_kv']} mlp{c['mlp']}")
+              f"L{c['layers']} h{c['hidden']} kv{c['kv_heads']}xq{c['q_heads']} mlp{c['mlp']}")
     print(f"calibrate: {calib:.1f}s{'' if args.with_calibrate else ' (up to date; not rebuilt)'}")
     print(f"all pruned rungs: {total:.1f}s ({total / 60:.1f} min) on this machine")
     return 0

@@ -52,7 +52,7 @@ def summary(rung_dir: Path, eval_dir: Path) -> dict:
     m = json.loads((eval_dir / "metrics.json").read_text())
     return {"flops": rep["relative"]["flops"], "nnz": rep["relative"]["nonzero_params"],
             "acc": m["tasks"]["mean"]["acc_norm"], "ppl": m["perplexity"]["perplexity"],
-            "shape": "L{layers} kv{kv_heads}xq{q_per_kv} mlp{mlp}".format(**rep["counts"])}
+            "shape": "L{layers} h{hidden} kv{kv_heads}xq{q_heads} mlp{mlp}".format(**rep["counts"])}
 
 
 def main() -> int:

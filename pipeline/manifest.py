@@ -76,7 +76,7 @@ def rung_entry(name: str, ladder_dir: Path, eval_dir: Path, rel_to: Path, costs,
         "path": os.path.relpath(ladder_dir / name, rel_to),
         "parent": rep["parent"],
         "files_sha256": rep["files_sha256"],
-        "shape": {k: rep["counts"][k] for k in ("layers", "kv_heads", "q_per_kv", "mlp")},
+        "shape": _shape(rep["counts"]),
         "params": m["cost"]["params"],
         "nonzero_params": m["cost"]["nonzero_params"],
         "flops_per_token": m["cost"]["flops_per_token"],
@@ -89,6 +89,12 @@ def rung_entry(name: str, ladder_dir: Path, eval_dir: Path, rel_to: Path, costs,
         "perplexity": m["perplexity"]["perplexity"],
         "accuracy": {t: v[key] for t, v in m["tasks"].items()},
     }
+
+
+def _shape(counts: dict) -> dict:
+    """The rung's shape from the prune report's counts (granularity name -> count)."""
+    return {"layers": counts["layers"], "hidden": counts["hidden"], "kv_heads": counts["kv_heads"],
+            "q_per_kv": counts["q_heads"], "mlp": counts["mlp"]}
 
 
 def _certificate(certified: dict, calibration_size: int) -> dict:

@@ -36,8 +36,8 @@ def ladder_rows(rungs: list[str], ladder_dir: Path, eval_dir: Path, routing_leng
         dense_latency = dense_latency or latency  # rungs[0] is dense
         row = {
             "rung": name, "parent": rep["parent"] or "",
-            "layers": rep["counts"]["layers"], "kv_heads": rep["counts"]["kv_heads"],
-            "q_per_kv": rep["counts"]["q_per_kv"], "mlp": rep["counts"]["mlp"],
+            "layers": rep["counts"]["layers"], "hidden": rep["counts"]["hidden"],
+            "kv_heads": rep["counts"]["kv_heads"], "q_per_kv": rep["counts"]["q_heads"], "mlp": rep["counts"]["mlp"],
             "params": c["params"], "nonzero_params": c["nonzero_params"],
             "flops_per_token": c["flops_per_token"], "relative_flops": rep["relative"]["flops"],
             "relative_nonzero_params": rep["relative"]["nonzero_params"],

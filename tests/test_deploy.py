@@ -238,7 +238,7 @@ def test_semantic_router_config_passes_its_own_validator_and_its_decisions_fire(
 @pytest.mark.e2e
 def test_two_builds_give_byte_identical_router_thresholds_and_manifest(deployed, tiny_base, tmp_path):
     """A second build from scratch (base to manifest) with the same config and seed."""
-    from pipeline import base, calibrate, data, prune
+    from pipeline import base, calibrate, data, prune, teacher
 
     root = tmp_path / "again"
     root.mkdir()
@@ -248,9 +248,11 @@ def test_two_builds_give_byte_identical_router_thresholds_and_manifest(deployed,
     base.main([*c, "--out", str(root / "base")])
     data.main([*c, "--base", str(root / "base"), "--out", str(root / "data")])
     calibrate.main([*c, "--base", str(root / "base"), "--data", str(root / "data"), "--out", str(root / "calibrate")])
+    teacher.main([*c, "--base", str(root / "base"), "--data", str(root / "data"), "--out", str(root / "teacher")])
     for r in raw["rungs"]:
         prune.main([*c, "--rung", r, "--base", str(root / "base"), "--data", str(root / "data"),
-                    "--calibration", str(root / "calibrate"), "--ladder-dir", str(root / "ladder")])
+                    "--calibration", str(root / "calibrate"), "--teacher", str(root / "teacher"),
+                    "--ladder-dir", str(root / "ladder")])
     build_routing(root, params, root / "base")
     files = ["manifest.yaml", "vllm_semantic_router.yaml", "router/router.safetensors", "router/router.json",
              "cascade/thresholds.json", "escalate/thresholds.json", "compare/table.json"]
@@ -394,11 +396,12 @@ def test_weights_load_only_from_safetensors(deployed, tmp_path):
     with pytest.raises(AssetError, match=r"f80/model.safetensors: not a safetensors file .*torch.save"):
         LadderRuntime(root / "manifest.yaml")
     # Every model load in the pipeline asks for safetensors (the GGUF route in models/source.py passes
-    # gguf_file instead, through **kw; a GGUF file holds plain arrays).
+    # gguf_file instead, through **kw; a GGUF file holds plain arrays). Tokenizers and configs read no weights.
     for path in Path(__file__).resolve().parents[1].joinpath("pipeline").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                    and node.func.attr == "from_pretrained" and "Tokenizer" not in ast.unparse(node.func.value)):
+                    and node.func.attr == "from_pretrained"
+                    and not any(k in ast.unparse(node.func.value) for k in ("Tokenizer", "Config"))):
                 kws = {k.arg: k.value for k in node.keywords}
                 ok = isinstance(kws.get("use_safetensors"), ast.Constant) and kws["use_safetensors"].value is True
                 assert ok or (path.name == "source.py" and None in kws), f"{path}:{node.lineno}: {ast.unparse(node)}"

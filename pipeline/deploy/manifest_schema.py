@@ -62,9 +62,10 @@ class Strict(BaseModel):
 
 class Shape(Strict):
     layers: int
-    kv_heads: int
-    q_per_kv: int
-    mlp: int
+    hidden: int  # hidden size kept
+    kv_heads: int  # per layer
+    q_per_kv: int  # query heads per KV head (the prune report's `q_heads`)
+    mlp: int  # MLP channels per layer
 
 
 class Rung(Strict):
