@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from pipeline.common.assets import sha256_file
     from pipeline.common.atomic import atomic_dir
+    from pipeline.models.card import model_card
     from pipeline.models.cost import model_cost, module_sparsity
     from pipeline.pruning.allocator import Structure, allocate, apply_structure, select
     from pipeline.pruning.importance import Importance
@@ -159,35 +160,14 @@ def main(argv: list[str] | None = None) -> None:
             report["weights_sha256"] = {p.name: sha256_file(p) for p in sorted(tmp.glob("*.safetensors"))}
             (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe_out, sort_keys=False))
             (tmp / "pruning_report.json").write_text(json.dumps(report, indent=2) + "\n")
-            (tmp / "README.md").write_text(_model_card(name, report, recipe_out, st.cfg.model.name))
+            (tmp / "README.md").write_text(model_card(name, report, recipe_out,
+                                                      json.loads((Path(args.base) / "provenance.json").read_text())))
         tracker.summary({k: report[k] for k in ("params", "nonzero_params", "flops_per_token")}
                         | {f"relative/{k}": v for k, v in report["relative"].items()})
     st.done(
         read=f"parent {parent_dir}",
         wrote=f"{out}/ ({counts.layers} layers, {counts.kv_heads}x{counts.q_per_kv} heads, MLP {counts.mlp}; "
         f"{report['relative']['flops']:.1%} FLOPs, {report['relative']['nonzero_params']:.1%} non-zero params)",
-    )
-
-
-def _model_card(name: str, report: dict, recipe: dict, base_name: str) -> str:
-    r = report["relative"]
-    c = report["counts"]
-    return (
-        f"# {base_name} — ladder rung `{name}`\n\n"
-        f"Pruned from `{report['parent'] or 'the base model'}` by the Ladder pipeline. Loads with "
-        "`AutoModelForCausalLM.from_pretrained(<this dir>)`.\n\n"
-        f"| | value | x dense |\n|---|---|---|\n"
-        f"| layers | {c['layers']} | |\n| KV heads x query heads per KV | {c['kv_heads']} x {c['q_per_kv']} | |\n"
-        f"| MLP channels | {c['mlp']} | |\n"
-        f"| parameters | {report['params']:,} | {r['params']:.3f} |\n"
-        f"| non-zero parameters | {report['nonzero_params']:,} | {r['nonzero_params']:.3f} |\n"
-        f"| FLOPs/token (dense kernels, context {report['context_for_flops']}) | {report['flops_per_token']:,} "
-        f"| {r['flops']:.3f} |\n"
-        f"| FLOPs/token counting non-zeros only | {report['nonzero_flops_per_token']:,} | {r['nonzero_flops']:.3f} |\n\n"
-        "Zeros inside weight matrices (unstructured or N:M) make the checkpoint compressible but give "
-        "no speed-up on dense CPU kernels; only removed layers, heads and channels do.\n\n"
-        f"Layers removed (base indices): {report['layers_removed']}\n\n"
-        "## Recipe\n\n```yaml\n" + __import__("yaml").safe_dump(recipe, sort_keys=False) + "```\n"
     )
 
 

@@ -101,6 +101,10 @@ ModelSource = Annotated[
 class ModelConfig(Strict):
     name: Slug
     source: ModelSource
+    # For model cards: the base's license as the Hub names it (e.g. apache-2.0), and its Hub id
+    # (`base_model`; a hub source defaults to its repo_id). None: unknown, left out of the card.
+    license: str | None = None
+    base_model: str | None = None
     dtype: Literal["float32", "bfloat16"] = "float32"
     smoke_prompt: str = "The capital of France is"
     smoke_tokens: Annotated[int, Field(ge=1, le=256)] = 16
