@@ -359,6 +359,7 @@ class TrackingConfig(Strict):
     project: str = "ladder"
     entity: str | None = None
     dir: str = "."  # W&B writes <dir>/wandb/ (git- and dvc-ignored); `wandb sync` uploads it
+    log_weights: bool = False  # upload checkpoint weights with the rung artifacts (else pinned by sha256)
 
 
 class Config(Strict):
