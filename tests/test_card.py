@@ -10,25 +10,15 @@ import yaml
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard import metadata_load
 
-from pipeline import base, data, evaluate, prune
 from pipeline.common.config import CONF_DIR
-from tests.conftest import tiny_config, write_params
 
 BASE_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 @pytest.fixture(scope="module")
-def carded(tmp_path_factory) -> Path:
-    """A tiny base that names its Hub base model, its dense rung, and that rung evaluated."""
-    root = tmp_path_factory.mktemp("card")
-    raw = tiny_config([f"model.base_model={BASE_ID}", "model.license=apache-2.0"])
-    params = str(write_params(root / "params.yaml", raw))
-    base.main(["--params", params, "--out", str(root / "base")])
-    data.main(["--params", params, "--base", str(root / "base"), "--out", str(root / "data")])
-    prune.main(["--params", params, "--rung", "dense", "--base", str(root / "base"), "--ladder-dir", str(root / "ladder")])
-    evaluate.main(["--params", params, "--rung", "dense", "--ladder-dir", str(root / "ladder"), "--data",
-                   str(root / "data"), "--out", str(root / "eval" / "dense")])
-    return root
+def carded(tiny_graph) -> Path:
+    """The tiny graph's outputs: its base names a Hub base model (model.base_model)."""
+    return tiny_graph[0] / "artifacts"
 
 
 def test_rung_card_front_matter_is_read_back_by_huggingface_hub(carded):
@@ -58,6 +48,8 @@ def test_evaluated_card_carries_the_measured_results(carded):
     arc = next(r for r in card.data.eval_results if r.dataset_name == "arc_easy")
     assert (arc.dataset_type, arc.dataset_config, arc.dataset_split) == ("allenai/ai2_arc", "ARC-Easy", "validation")
     assert metadata_load(path)["model-index"][0]["name"] == "tiny-llama-dense"
+    mixed = ModelCard.load(carded / "eval" / "mixed" / "model_card.md").data
+    assert "structured-pruning" in mixed.tags and mixed.eval_results[0].dataset_name == "arc_challenge"
     assert "## Results" in card.text and f"{metrics['perplexity']['perplexity']:.2f}" in card.text
     # The rung's own card (prune's output) is left as prune wrote it.
     assert "model-index" not in (carded / "ladder" / "dense" / "README.md").read_text()

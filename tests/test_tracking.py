@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from pipeline.common.config import validate
 from pipeline.common.tracking import Tracker, params_hash, run_group
 from pipeline.lineage import edges as lineage_edges
 from pipeline.lineage import read_runs
-from tests.conftest import REPO, tiny_config, write_params
+from tests.conftest import tiny_config
 
 
 def test_group_is_dvc_experiment_name_when_set(monkeypatch):
@@ -66,38 +64,9 @@ def test_offline_by_default():
 
 
 @pytest.fixture(scope="module")
-def offline_runs(tmp_path_factory):
-    """The tiny graph (one rung) run stage by stage as DVC runs it: each stage's own `cmd` from the
-    resolved dvc.yaml, in the repo root, with DVC_ROOT / DVC_STAGE / DVC_EXP_NAME set, W&B offline."""
-    import importlib
-    import shlex
-
-    from dvc.repo import Repo
-
-    root = tmp_path_factory.mktemp("wandb_repo")
-    # Hidden-state router features: the tiny dense model is far cheaper than MiniLM here.
-    raw = tiny_config(["~ladder.rungs.f95", "~ladder.rungs.wanda50", "~ladder.rungs.nm24",
-                       "router.features=hidden_state", "router.epochs=20"])
-    write_params(root / "params.yaml", raw)
-    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
-    Repo.init(str(root), no_scm=True).close()
-    with Repo(str(root)) as repo:
-        stages = [(s.name, s.cmd) for s in repo.index.stages]
-    mp = pytest.MonkeyPatch()
-    mp.chdir(root)
-    for k, v in {"WANDB_MODE": "offline", "DVC_ROOT": str(root), "DVC_EXP_NAME": "exp-lineage",
-                 "WANDB_DATA_DIR": str(root / ".wandb-data"), "WANDB_CACHE_DIR": str(root / ".wandb-cache"),
-                 "WANDB_CONFIG_DIR": str(root / ".wandb-config")}.items():
-        mp.setenv(k, v)
-    try:
-        for name, cmd in stages:
-            words = shlex.split(cmd)
-            assert words[:2] == ["bin/python", "-m"], cmd
-            mp.setenv("DVC_STAGE", name)
-            importlib.import_module(words[2]).main(words[3:])
-    finally:
-        mp.undo()
-    return read_runs(root / "wandb"), [n for n, _ in stages]
+def offline_runs(tiny_graph):
+    root, stages = tiny_graph
+    return read_runs(root / "wandb"), stages
 
 
 def _run(runs, name):
