@@ -204,8 +204,12 @@ def test_experiments_compare_in_exp_show_metrics_diff_and_plots_diff(built):
 
     diff = json.loads(_sh([*DVC, "metrics", "diff", "piqa3", "depth-only", "--json"], repo, env))
     changed = diff["artifacts/summary.json"]
-    assert "acc_norm.dense" in changed or "test.dense" in changed  # task items differ between the two
-    assert "acc_norm.f90" in changed and changed["acc_norm.f90"]["old"] is None  # a rung only depth-only has
+    assert changed["acc_norm.f90"]["old"] is None and changed["acc_norm.f90"]["new"] is not None  # depth-only's rung
+    assert changed["acc_norm.mixed"]["new"] is None  # the tiny ladder's, gone in depth-only
+    # The per-rung detail diffs too, by naming the file.
+    detail = json.loads(_sh([*DVC, "metrics", "diff", "piqa3", "depth-only", "--all", "--json", "--targets",
+                             "artifacts/eval/dense/metrics.json"], repo, env))
+    assert detail["artifacts/eval/dense/metrics.json"]["tasks.piqa.n"] == {"old": 3, "new": 12, "diff": 9}
 
     plots = json.loads(_sh([*DVC, "plots", "diff", "piqa3", "depth-only", "--json"], repo, env))
     assert not plots.get("errors"), plots.get("errors")
