@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from pipeline.common.assets import sha256_file
     from pipeline.common.atomic import atomic_dir
-    from pipeline.models.card import model_card
+    from pipeline.models.card import base_facts, model_card
     from pipeline.models.cost import model_cost, module_sparsity
     from pipeline.pruning.allocator import Structure, allocate, apply_structure, select
     from pipeline.pruning.importance import Importance
@@ -160,8 +160,7 @@ def main(argv: list[str] | None = None) -> None:
             report["weights_sha256"] = {p.name: sha256_file(p) for p in sorted(tmp.glob("*.safetensors"))}
             (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe_out, sort_keys=False))
             (tmp / "pruning_report.json").write_text(json.dumps(report, indent=2) + "\n")
-            (tmp / "README.md").write_text(model_card(name, report, recipe_out,
-                                                      json.loads((Path(args.base) / "provenance.json").read_text())))
+            (tmp / "README.md").write_text(model_card(name, report, recipe_out, base_facts(args.base)))
         tracker.summary({k: report[k] for k in ("params", "nonzero_params", "flops_per_token")}
                         | {f"relative/{k}": v for k, v in report["relative"].items()})
     st.done(

@@ -84,3 +84,12 @@ def test_packaged_model_license_matches_its_gguf_metadata():
     reader = GGUFReader(Path(list(spec.submodule_search_locations)[0]) / cfg["source"]["file"])
     field = reader.fields["general.license"]
     assert bytes(field.parts[field.data[0]]).decode() == cfg["license"]
+
+
+def test_a_rung_used_as_base_passes_its_card_facts_on(carded, tmp_path):
+    from pipeline.models.card import base_facts
+
+    facts = base_facts(carded / "ladder" / "dense")  # no provenance.json there: its card speaks
+    assert facts == {"name": "tiny-llama", "license": "apache-2.0", "base_model": BASE_ID}
+    assert base_facts(carded / "base")["base_model"] == BASE_ID  # the base stage's provenance
+    assert base_facts(tmp_path) == {"name": tmp_path.name}

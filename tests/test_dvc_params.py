@@ -37,8 +37,9 @@ def readme_experiments() -> list[list[str]]:
     text = (REPO / "README.md").read_text()
     runs = []
     for block in text.split("```")[1::2]:
-        for line in block.splitlines():
-            if not line.lstrip().startswith("dvc exp run"):
+        for line in block.replace("\\\n", " ").splitlines():  # join shell line continuations
+            line = line.strip().removeprefix(".venv/bin/")
+            if not line.startswith("dvc exp run"):  # `$ dvc exp run ...` shows output, often an error
                 continue
             words = shlex.split(line, comments=True)
             if words[:3] == ["dvc", "exp", "run"]:

@@ -5,13 +5,16 @@
 - Name `<stage>@<rung>-<group>` (`evaluate@f90-exp-brave-otter`), job type the stage; `rung` is in
   the run's config and summary, so the runs table groups and filters by rung.
 - Config: the stage's slice of params.yaml, i.e. the params dvc.yaml declares for it (what DVC
-  reruns it for), plus `rung`.
-- Lineage: a stage logs what it writes (`artifact`) and declares what it reads (`use`), so the W&B
-  graph runs base -> rung -> evaluation -> router / cascade -> manifest. A consumer re-declares the
-  artifact from the files it read; they are the producer's files (DVC guarantees it), so the digest is
-  the same and W&B resolves both to one artifact version. Checkpoints are logged as their small files
-  (config, report, recipe, card); the weights are pinned by the sha256 recorded in
-  `pruning_report.json` / `provenance.json` and uploaded only with `tracking.log_weights=true`.
+  reruns it for), plus `rung` and the DVC stage name.
+- Lineage, from the DVC graph: under DVC (which sets `DVC_STAGE` and `DVC_ROOT` for every stage
+  command) the run looks its stage up in the resolved dvc.yaml, declares the outputs of the stages
+  it depends on as used artifacts, and logs its own outputs as one artifact when it ends well, so
+  the W&B graph runs base -> rung -> evaluation -> router / cascade -> manifest with no per-stage
+  code. A consumer re-declares an artifact from the files it read; they are the producer's files (DVC
+  guarantees it), so the digest is the same and W&B resolves both to one artifact version.
+  Checkpoints are logged as their small files (config, report, recipe, card); the weights are pinned
+  by the sha256 in `pruning_report.json` / `provenance.json` and uploaded only with
+  `tracking.log_weights=true`. Stages run by hand (outside DVC) log the whole config and no lineage.
 - Mode: `WANDB_MODE` in the environment wins over `tracking.mode` (offline by default); offline runs
   land in `<tracking.dir>/wandb/` (`python -m pipeline.lineage` lists them; `wandb sync` uploads them).
 """
@@ -115,8 +118,9 @@ def dvc_lineage(log_weights: bool = False) -> Lineage | None:
     from dvc.dependency.param import ParamsDependency
     from dvc.repo import Repo
 
-    name, root = name.rpartition(":")[2], Path(root).resolve()
-    with Repo(str(root)) as repo:
+    name = name.rpartition(":")[2]  # addressing may carry the dvc.yaml path
+    with Repo(root) as repo:
+        root = Path(repo.root_dir)  # the same spelling as the stages' fs_path
         stages = {s.name: s for s in repo.index.stages}
     stage = stages.get(name)
     if stage is None:

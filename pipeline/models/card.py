@@ -3,7 +3,7 @@
 Two cards per rung, each written by the stage that owns the facts (a stage never edits another's
 outputs):
 - `prune@<rung>` writes `artifacts/ladder/<rung>/README.md` (`model_card`): `base_model`, the
-  base's `license` (from `artifacts/base/provenance.json`, which records `model.license`),
+  base's `license` (`base_facts`: `artifacts/base/provenance.json`, which records `model.license`),
   `library_name`, `pipeline_tag`, `tags`, then shape, cost and the recipe;
 - `evaluate@<rung>` writes `artifacts/eval/<rung>/model_card.md` (`card_with_results`): the same
   card plus a `model-index` with the measured results and a results table. That is the card to
@@ -15,7 +15,9 @@ reads exactly what is written.
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -41,6 +43,22 @@ def _tags(rung: str, report: dict, recipe: dict) -> list[str]:
 
 def _front_matter(data) -> str:
     return "---\n" + data.to_yaml() + "\n---\n"
+
+
+def base_facts(base_dir: str | Path) -> dict:
+    """What a card says about the base: the `provenance.json` the base stage wrote (name, license,
+    base_model), or, for a checkpoint this pipeline wrote (a rung used as the base), its own card."""
+    base_dir = Path(base_dir)
+    if (base_dir / "provenance.json").exists():
+        return json.loads((base_dir / "provenance.json").read_text())
+    if (base_dir / "README.md").exists():
+        from huggingface_hub import ModelCard
+
+        card = ModelCard.load(base_dir / "README.md")
+        title = re.match(r"#\s+(.+?) — ladder rung", card.text.lstrip())
+        return {"name": title.group(1) if title else base_dir.name,
+                "license": card.data.license, "base_model": card.data.base_model}
+    return {"name": base_dir.name}
 
 
 def model_card(rung: str, report: dict, recipe: dict, provenance: dict) -> str:
