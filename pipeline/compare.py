@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
             (tmp / "table.md").write_text("\n".join(md) + "\n")
         tracker.summary({f"compare/{name}/{m}/{part}": v for name, row in rows.items()
                          for m, f in row.items() if isinstance(f, dict) for part, v in f.items()})
-        tracker.table("compare/test_table", csv[0].split(","), [line.split(",") for line in csv[1:]])
+        header = csv[0].split(",")
+        tracker.table("compare/test_table", [dict(zip(header, line.split(","))) for line in csv[1:]])
     st.done(read=f"{len(o.rungs)} rungs, router/cascade/escalate decisions on {n} test queries",
             wrote=f"{args.out}/ (router - random {cell(comparisons['router - random at matched cost'])}; "
             f"router - hull {cell(comparisons['router - single-rung hull at its cost'])})")

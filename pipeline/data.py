@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
                 "token_budget": budget, "cap": tcfg.cap, "available": len(src.ids),
                 "source": tcfg.source, "dataset_split": sorted(set(src.splits.values())),
                 "lm_eval_tasks": len(src.leaves), "dropped": dict(src.dropped),
+                "hub_dataset": _hub_dataset(src),
             }
         problem = empty_split_problem(records, {t: c.cap for t, c in d.tasks.items()}, fractions)
         if problem:  # before writing: router, cascade and evaluate would fail on it minutes later
@@ -147,6 +148,13 @@ def main(argv: list[str] | None = None) -> None:
         f"per split {summary['items_per_split']})",
     )
 
+
+
+def _hub_dataset(src) -> list | None:
+    """(Hub dataset id, config, split) of the task's first lm-eval leaf: the model card's model-index."""
+    leaf, task = next(iter(src.leaves.items()))
+    path = task.config.dataset_path
+    return [path, task.config.dataset_name, src.splits[leaf]] if isinstance(path, str) and not path.startswith("/") else None
 
 if __name__ == "__main__":
     main()

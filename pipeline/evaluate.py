@@ -6,11 +6,13 @@ Reads `artifacts/ladder/<rung>/` and `artifacts/data/`; writes `--out`
   per-choice log-likelihoods, predicted / correct under `acc` and `acc_norm`,
   confidence signals (max softmax probability, margin, entropy, each also on
   length-normalised scores) and tokens processed;
-- `metrics.json` (DVC metrics): perplexity on the held-out LAMBADA blocks and
+- `metrics.json`: perplexity on the held-out LAMBADA blocks and
   (`perplexity_other`) on the held-out blocks of another source (SQuAD's
-  Wikipedia paragraphs), per-task acc / acc_norm (all items
-  and test split), cost (params, non-zeros, FLOPs/token, bytes on disk, peak
-  memory, latency, throughput) and the routing cost.
+  Wikipedia paragraphs), per-task acc / acc_norm (all items and test split),
+  cost (params, non-zeros, FLOPs/token, bytes on disk, peak memory, latency,
+  throughput) and the routing cost (`dvc metrics show <file>` reads it;
+  `dvc exp show` shows the compact `artifacts/summary.json` instead);
+- `model_card.md`: the rung's model card with a `model-index` of these results.
 
 `acc` and `acc_norm` are lm-evaluation-harness's: argmax of the summed
 log-likelihood, and of that divided by the character length of the choice
@@ -105,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.common.atomic import atomic_dir
     from pipeline.evaluation.items import read_items
     from pipeline.evaluation.scoring import encode_item, perplexity, score_choices
+    from pipeline.models.card import card_with_results
     from pipeline.models.checkpoint import verify_rung
     from pipeline.models.cost import model_cost
     from pipeline.models.measure import checkpoint_bytes, measure_speed, peak_rss_mb
@@ -149,11 +152,15 @@ def main(argv: list[str] | None = None) -> None:
             "seconds": round(time.perf_counter() - t0, 2),
             "prediction": e.prediction,
         }
+        data_summary = json.loads((Path(args.data) / "summary.json").read_text())["tasks"]
+        card = card_with_results((rung_dir / "README.md").read_text(), metrics,
+                                 {t: tuple(v["hub_dataset"]) for t, v in data_summary.items() if v.get("hub_dataset")})
         with atomic_dir(out) as tmp:
             with open(tmp / "records.jsonl", "w", encoding="utf-8") as fh:
                 for r in records:
                     fh.write(json.dumps(r) + "\n")
             (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            (tmp / "model_card.md").write_text(card)  # the rung's card plus a model-index of these results
         tracker.summary({"perplexity": ppl["perplexity"], "perplexity_other": ppl_other["perplexity"],
                          "tokens_per_second": metrics["scoring"]["tokens_per_second"],
                          **{f"{t}/acc_norm": v["acc_norm"] for t, v in metrics["tasks"].items()},

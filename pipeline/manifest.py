@@ -288,8 +288,6 @@ def main(argv: list[str] | None = None) -> None:
                 + yaml.safe_dump(raw, sort_keys=False))
         atomic_write_text(args.out, text)
         atomic_write_text(args.vllm_sr_out, vllm_semantic_router(raw, router_per_task(Path(args.router))))
-        tracker.artifact("ladder-manifest", "manifest", [args.out, args.vllm_sr_out],
-                         metadata={"rungs": cfg.rungs, "git_revision": raw["build"]["git_revision"]})
         tracker.summary({"manifest/rungs": len(raw["rungs"]), "manifest/params_hash": raw["build"]["params_hash"]})
     st.done(read=f"{len(cfg.rungs)} rungs, router, cascade", wrote=f"{args.out}, {args.vllm_sr_out}")
 

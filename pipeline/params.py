@@ -21,8 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. ladder=tiny seed=1")
     ap.add_argument("--out", default="params.yaml")
     args = ap.parse_args(argv)
-    raw = compose(args.overrides)
     try:
+        raw = compose(args.overrides)
         validate(raw)
     except ConfigError as exc:
         print(exc, file=sys.stderr)

@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
     from pipeline.common.atomic import atomic_dir
+    from pipeline.models.card import base_facts, model_card
     from pipeline.models.checkpoint import file_digests
     from pipeline.models.cost import DEFAULT_CONTEXT, model_cost, module_sparsity
     from pipeline.pruning.allocator import allocate, counts_cost, kl_loss, lm_loss
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
             report["files_sha256"] = file_digests(tmp)  # every file a loader reads: checked downstream
             (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe_out, sort_keys=False))
             (tmp / "pruning_report.json").write_text(json.dumps(report, indent=2) + "\n")
-            (tmp / "README.md").write_text(_model_card(name, report, recipe_out, st.cfg.model.name))
+            (tmp / "README.md").write_text(model_card(name, report, recipe_out, base_facts(args.base)))
         tracker.summary({k: report[k] for k in ("params", "nonzero_params", "flops_per_token")}
                         | {f"relative/{k}": v for k, v in report["relative"].items()}
                         | {f"seconds/{k}": v for k, v in seconds.items()})
@@ -214,32 +215,6 @@ def _complete(model, tok, prompt: str, n: int) -> str:
     with torch.no_grad():
         gen = model.generate(**ids, max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
     return tok.decode(gen[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
-
-
-def _model_card(name: str, report: dict, recipe: dict, base_name: str) -> str:
-    import yaml
-
-    r = report["relative"]
-    c = report["counts"]
-    return (
-        f"# {base_name} — ladder rung `{name}`\n\n"
-        f"Pruned from `{report['parent'] or 'the base model'}` by the Ladder pipeline. Loads with "
-        "`AutoModelForCausalLM.from_pretrained(<this dir>)`.\n\n"
-        f"| | value | x dense |\n|---|---|---|\n"
-        f"| layers | {c['layers']} | |\n| hidden size | {c['hidden']} | |\n"
-        f"| KV heads x query heads per KV | {c['kv_heads']} x {c['q_heads']} | |\n"
-        f"| MLP channels | {c['mlp']} | |\n"
-        f"| parameters | {report['params']:,} | {r['params']:.3f} |\n"
-        f"| non-zero parameters | {report['nonzero_params']:,} | {r['nonzero_params']:.3f} |\n"
-        f"| FLOPs/token (dense kernels, context {report['context_for_flops']}) | {report['flops_per_token']:,} "
-        f"| {r['flops']:.3f} |\n"
-        f"| FLOPs/token counting non-zeros only | {report['nonzero_flops_per_token']:,} | {r['nonzero_flops']:.3f} |\n\n"
-        "Zeros inside weight matrices (unstructured or N:M) make the checkpoint compressible but give "
-        "no speed-up on dense CPU kernels; only removed layers, heads, channels and hidden size do.\n\n"
-        f"Smoke test (greedy): `{report['smoke']['prompt']}` -> `{report['smoke']['completion'].strip()}`\n\n"
-        f"Layers removed (base indices): {report['layers_removed']}\n\n"
-        "## Recipe\n\n```yaml\n" + yaml.safe_dump(recipe, sort_keys=False) + "```\n"
-    )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import shlex
+import shutil
 from pathlib import Path
 
 import pytest
@@ -41,3 +44,38 @@ def tiny_base(tmp_path_factory) -> Path:
     params = write_params(tmp / "params.yaml", tiny_config())
     base.main(["--params", str(params), "--out", str(tmp / "base")])
     return tmp / "base"
+
+
+@pytest.fixture(scope="session")
+def tiny_graph(tmp_path_factory) -> tuple[Path, list[str]]:
+    """The tiny graph with one rung, run stage by stage as DVC runs it: each stage's own `cmd` from
+    dvc.yaml as DVC resolves it, in the repo root, with DVC_ROOT / DVC_STAGE / DVC_EXP_NAME set and
+    W&B offline (runs in <root>/wandb). The base names a Hub base model, for the model cards.
+    Returns the root and the stage names in the order they ran."""
+    from dvc.repo import Repo
+
+    root = tmp_path_factory.mktemp("tiny_graph")
+    # Hidden-state router features: the tiny dense model is far cheaper than MiniLM here.
+    raw = tiny_config(["~ladder.rungs.f80", "~ladder.rungs.wanda50", "~ladder.rungs.nm24",
+                       "model.base_model=HuggingFaceTB/SmolLM2-135M-Instruct",
+                       "router.features=hidden_state", "router.epochs=20"])
+    write_params(root / "params.yaml", raw)
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    Repo.init(str(root), no_scm=True).close()
+    with Repo(str(root)) as repo:
+        stages = [(s.name, s.cmd) for s in repo.index.stages]
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)
+    for k, v in {"WANDB_MODE": "offline", "DVC_ROOT": str(root), "DVC_EXP_NAME": "exp-lineage",
+                 "WANDB_DATA_DIR": str(root / ".wandb-data"), "WANDB_CACHE_DIR": str(root / ".wandb-cache"),
+                 "WANDB_CONFIG_DIR": str(root / ".wandb-config")}.items():
+        mp.setenv(k, v)
+    try:
+        for name, cmd in stages:
+            words = shlex.split(cmd)
+            assert words[:2] == ["bin/python", "-m"], cmd
+            mp.setenv("DVC_STAGE", name)
+            importlib.import_module(words[2]).main(words[3:])
+    finally:
+        mp.undo()
+    return root, [n for n, _ in stages]

@@ -107,6 +107,10 @@ ModelSource = Annotated[
 class ModelConfig(Strict):
     name: Slug
     source: ModelSource
+    # For model cards: the base's license as the Hub names it (e.g. apache-2.0), and its Hub id
+    # (`base_model`; a hub source defaults to its repo_id). None: unknown, left out of the card.
+    license: str | None = None
+    base_model: str | None = None
     dtype: Literal["float32", "bfloat16"] = "float32"
     smoke_prompt: str = "The capital of France is"
     smoke_tokens: Annotated[int, Field(ge=1, le=256)] = 16
@@ -354,6 +358,23 @@ class TeacherConfig(Strict):
     topk: Annotated[int, Field(ge=1, le=1024)] = 32
 
 
+def check_parents(parents: dict[str, Any]) -> None:
+    """Rung name -> parent: each parent must be 'dense' or a rung listed before it.
+
+    Also run by the `ladder_rungs` resolver while Hydra composes params.yaml, which is the
+    one hook DVC runs before `dvc exp run` touches the workspace: a missing or cyclic parent
+    is refused there, before DVC would delete the rung's existing output."""
+    if "dense" in parents:
+        raise ValueError("ladder.rungs.dense: 'dense' is reserved for the unpruned base rung")
+    seen = ["dense"]
+    for name, parent in parents.items():
+        if parent not in seen:
+            why = "is listed after it" if parent in parents else "is not a rung"
+            raise ValueError(f"ladder.rungs.{name}.parent: '{parent}' {why}; "
+                             f"a parent must be 'dense' or a rung listed before it: {seen}")
+        seen.append(name)
+
+
 class LadderConfig(Strict):
     name: Slug
     rungs: dict[Slug, RungConfig]  # name -> spec, in build order (DVC stages prune@<name>)
@@ -368,13 +389,7 @@ class LadderConfig(Strict):
     def _chain(cls, v: dict[str, RungConfig]) -> dict[str, RungConfig]:
         if not v:
             raise ValueError("a ladder needs at least one rung")
-        if "dense" in v:
-            raise ValueError("'dense' is reserved for the unpruned base rung")
-        seen = {"dense"}
-        for name, r in v.items():
-            if r.parent not in seen:
-                raise ValueError(f"rung '{name}': parent '{r.parent}' must be 'dense' or a rung listed before it")
-            seen.add(name)
+        check_parents({name: r.parent for name, r in v.items()})
         return v
 
 
@@ -488,6 +503,7 @@ class TrackingConfig(Strict):
     project: str = "ladder"
     entity: str | None = None
     dir: str = "."  # W&B writes <dir>/wandb/ (git- and dvc-ignored); `wandb sync` uploads it
+    log_weights: bool = False  # upload checkpoint weights with the rung artifacts (else pinned by sha256)
 
 
 class Config(Strict):
@@ -519,13 +535,18 @@ class Config(Strict):
 
 def register_resolvers() -> None:
     """`${ladder_rungs:${ladder.rungs}}` -> ["dense", <rung names>]: a plain list DVC's
-    `foreach` can iterate, so per-rung stages are named `evaluate@dense`, `evaluate@f90`, ..."""
+    `foreach` can iterate, so per-rung stages are named `evaluate@dense`, `evaluate@f90`, ...
+    It refuses a missing or cyclic parent (`check_parents`) while the config is composed."""
     from omegaconf import ListConfig, OmegaConf
 
     # A ListConfig, not a list: DVC resolves the composed config in place (OmegaConf.resolve),
     # which accepts only config nodes and primitives.
+    def ladder_rungs(rungs) -> ListConfig:
+        check_parents({name: (r.get("parent") if hasattr(r, "get") else None) for name, r in rungs.items()})
+        return ListConfig(["dense", *rungs.keys()])
+
     if not OmegaConf.has_resolver("ladder_rungs"):
-        OmegaConf.register_new_resolver("ladder_rungs", lambda rungs: ListConfig(["dense", *rungs.keys()]))
+        OmegaConf.register_new_resolver("ladder_rungs", ladder_rungs)
 
 
 class ConfigError(ValueError):
@@ -613,9 +634,16 @@ def compose(overrides: list[str] | None = None, config_dir: Path = CONF_DIR) -> 
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationResolutionError
 
     register_resolvers()
     with initialize_config_dir(config_dir=str(config_dir), version_base=None):
         cfg = hydra_compose(config_name="config", overrides=list(overrides or []))
-    OmegaConf.resolve(cfg)  # the same in-place resolution DVC's compose_and_dump does
+    try:
+        OmegaConf.resolve(cfg)  # the same in-place resolution DVC's compose_and_dump does
+    except InterpolationResolutionError as exc:
+        refused = exc.__cause__ or exc.__context__  # OmegaConf keeps the resolver's error as context
+        if type(refused) is ValueError:  # a resolver refused the config (check_parents)
+            raise ConfigError(f"invalid config:\n  {refused}") from None
+        raise
     return OmegaConf.to_container(cfg)

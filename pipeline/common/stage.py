@@ -37,10 +37,11 @@ class Stage:
     log: logging.Logger = log
 
     @contextlib.contextmanager
-    def tracked(self) -> Iterator["Tracker"]:  # noqa: F821
+    def tracked(self, rung: str | None = None) -> Iterator["Tracker"]:  # noqa: F821
+        """One W&B run for the stage; `rung` defaults to the stage's `--rung` argument."""
         from pipeline.common.tracking import Tracker
 
-        tracker = Tracker(self.cfg, self.name)
+        tracker = Tracker(self.cfg, self.name, rung or getattr(self.args, "rung", None))
         ok = False
         try:
             yield tracker
