@@ -8,7 +8,9 @@ metrics, so `dvc exp show` and `dvc metrics diff` show one column per figure:
 - `test.dense`, `test.router`, `test.cascade`: accuracy on the test split of always-dense, the router
   and the deployed cascade (`cascade.method`); `test.router_cost`, `test.cascade_cost`: their mean
   cost relative to dense.
-Two columns per rung plus five: 19 for the default ladder's seven rungs. The per-rung detail stays
+- `bound.router`, `bound.cascade`: the calibration upper bound on the accuracy drop each was
+  certified with (Learn-then-Test at epsilon, delta).
+Two columns per rung plus seven: 17 for the default ladder's five rungs. The per-rung detail stays
 in `artifacts/eval/<rung>/metrics.json` (`dvc metrics show artifacts/eval/f90/metrics.json`).
 """
 
@@ -50,7 +52,18 @@ def summarise(rungs: list[str], eval_dir: Path, router: Path, cascade: Path, cas
             "cascade": round(_get(cascade, cm, "test", cascade_method, "accuracy"), 4),
             "cascade_cost": round(_get(cascade, cm, "test", cascade_method, "relative_cost"), 4),
         },
+        # The certificates: the upper bound on the accuracy drop each strategy was certified with on
+        # calibration (Learn-then-Test at epsilon, delta); None when the router was not certified.
+        "bound": {
+            "router": _bound(_get(router, rm, "certified")),
+            "cascade": _bound(_get(cascade, cm, "certified")),
+        },
     }
+
+
+def _bound(certified: dict) -> float | None:
+    b = certified.get("calibration_drop_upper_bound")
+    return None if b is None else round(b, 4)
 
 
 def flatten(summary: dict) -> dict:

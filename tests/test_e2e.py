@@ -206,7 +206,8 @@ def test_experiments_compare_in_exp_show_metrics_diff_and_plots_diff(built):
     fresh["PATH"] = "/usr/bin:/bin"
     exp = _sh([str(repo / ".venv/bin/dvc"), "exp", "run", "-n", "depth-only", "-S", "+experiment=tiny",
                "-S", "ladder=depth_only", "-S", "~ladder.rungs.f75", "-S", "~ladder.rungs.f60",
-               "-S", "~ladder.rungs.f40", "-S", "ladder.rungs.f90.target_flops=0.97"], repo, fresh)
+               "-S", "~ladder.rungs.f40", "-S", "ladder.rungs.f90.target_flops=0.97",
+               "-S", "ladder.heal.val_blocks=2"], repo, fresh)
     assert "prune: read" in exp and "evaluate: read" in exp
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["ladder"]["name"] == "depth-only" and params["ladder"]["allocator"]["granularities"] == ["layers"]
