@@ -54,7 +54,7 @@ def build(preset: str) -> tuple[Path, Path]:
     return ladder, evals
 
 
-def import_previous(src: Path, rungs: list[str]) -> tuple[Path, Path]:
+def import_previous(src: Path, rungs: list[str], score_tasks: bool) -> tuple[Path, Path]:
     """Another build's rungs (its ladder/ directory), re-evaluated by today's evaluate stage.
 
     Older reports predate some fields: the copy's report gains `files_sha256` (what evaluate
@@ -83,9 +83,29 @@ def import_previous(src: Path, rungs: list[str]) -> tuple[Path, Path]:
             (tmp / "pruning_report.json").write_text(json.dumps(rep, indent=2) + "\n")
             tmp.rename(dst)
         if not (evals / rung_dir.name / "metrics.json").exists():
+            if not score_tasks:
+                _perplexity_only(dst, evals / rung_dir.name)
+                continue
             run("pipeline.evaluate", "--params", str(params), "--rung", rung_dir.name, "--ladder-dir", str(ladder),
                 "--out", str(evals / rung_dir.name))
     return ladder, evals
+
+
+def _perplexity_only(rung_dir: Path, out: Path) -> None:
+    """Perplexity on both held-out sets, no task scoring (a few seconds a rung instead of minutes)."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.evaluation.scoring import perplexity
+
+    model = AutoModelForCausalLM.from_pretrained(rung_dir, dtype=torch.float32, use_safetensors=True).eval()
+    with torch.no_grad():
+        ppl = {name: perplexity(model, load_file(f"artifacts/data/{name}.safetensors")["input_ids"], progress=False)
+               for name in ("heldout", "heldout_other")}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps({"perplexity": ppl["heldout"], "perplexity_other": ppl["heldout_other"],
+                                                  "tasks": None}, indent=2) + "\n")
 
 
 def facts(rung_dir: Path, eval_dir: Path) -> dict | None:
@@ -93,7 +113,7 @@ def facts(rung_dir: Path, eval_dir: Path) -> dict | None:
         return None
     rep = json.loads((rung_dir / "pruning_report.json").read_text())
     m = json.loads((eval_dir / "metrics.json").read_text())
-    mean = m["tasks"]["mean"]
+    mean = (m["tasks"] or {}).get("mean") or {"acc_norm": None}  # None: perplexity only
     return {"dir": rung_dir, "flops": rep["relative"]["flops"], "ppl": m["perplexity"]["perplexity"],
             "ppl_other": (m.get("perplexity_other") or {}).get("perplexity"),
             "acc": mean["acc_norm"], "se": mean.get("acc_norm_se"), "above": mean.get("above_chance"),
@@ -128,13 +148,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", nargs="*", default=["depth_only", "width_only"])
     ap.add_argument("--previous", type=Path, help="another build's ladder/ directory (its rungs are re-evaluated)")
+    ap.add_argument("--previous-tasks", action="store_true",
+                    help="re-score the previous rungs on the tasks too (minutes a rung); default: perplexity only")
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
 
     rungs = [r for r in yaml.safe_load(Path("params.yaml").read_text())["rungs"] if r != "dense"]
     columns = {"new": (Path("artifacts/ladder"), Path("artifacts/eval"))}
     if args.previous:
-        columns["previous"] = import_previous(args.previous, rungs)
+        columns["previous"] = import_previous(args.previous, rungs, args.previous_tasks)
     for p in args.presets:
         columns[p] = build(p)
     dense = facts(Path("artifacts/ladder/dense"), Path("artifacts/eval/dense"))
@@ -157,7 +179,8 @@ def main() -> int:
             other = f"{f['ppl_other']:.1f} ({f['ppl_other'] / dense['ppl_other']:.2f}x)" if f["ppl_other"] else "-"
             kept = f"{f['above'] / dense['above']:.0%}" if f["above"] is not None else "-"
             se = f" ± {f['se']:.3f}" if f["se"] is not None else ""
-            lines.append(f"| `{r}` | {c} | {f['flops']:.3f} | {f['ppl']:.1f} | {other} | {f['acc']:.3f}{se} | {kept} "
+            acc = f"{f['acc']:.3f}{se}" if f["acc"] is not None else "not re-scored"
+            lines.append(f"| `{r}` | {c} | {f['flops']:.3f} | {f['ppl']:.1f} | {other} | {acc} | {kept} "
                          f"| {pre / d_pre:.2f} | {dec / d_dec:.2f} | {f['smoke'][:40]!r} |")
     text = "\n".join(lines)
     print(text)
