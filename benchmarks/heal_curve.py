@@ -68,10 +68,18 @@ def main() -> int:
     items = sorted(items, key=lambda it: unit_hash("heal-curve", it["id"]))[: args.items]
     held = load_file("artifacts/data/heldout.safetensors")["input_ids"][: args.blocks]
     other = load_file("artifacts/data/heldout_other.safetensors")["input_ids"][: args.blocks]
-    teacher = {k: load_file(f"artifacts/teacher/{k}.safetensors") for k in ("heal", "heal_val")}
     tok = AutoTokenizer.from_pretrained("artifacts/base")
     results = {}
     dense = AutoModelForCausalLM.from_pretrained("artifacts/ladder/dense", dtype=torch.float32, use_safetensors=True).eval()
+    if Path("artifacts/teacher/heal.safetensors").exists():
+        teacher = {k: load_file(f"artifacts/teacher/{k}.safetensors") for k in ("heal", "heal_val")}
+    else:  # the teacher stage skips the healing set when the ladder does not heal: compute it here
+        from pipeline.pruning.distill import teacher_topk
+
+        blocks, n_val = load_file("artifacts/data/heal.safetensors")["input_ids"], cfg.ladder.heal.val_blocks
+        teacher = {"heal": teacher_topk(dense, blocks[:-n_val], cfg.ladder.teacher.topk, desc="teacher: healing blocks"),
+                   "heal_val": teacher_topk(dense, blocks[-n_val:], cfg.ladder.teacher.topk,
+                                            desc="teacher: held-out healing blocks")}
     results["dense"] = quality(dense, tok, items, held, other)
     del dense
     for rung in args.rungs:

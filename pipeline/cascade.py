@@ -118,7 +118,6 @@ def main(argv: list[str] | None = None) -> None:
     cfg, args = st.cfg, st.args
     cc = cfg.cascade
 
-    import numpy as np
 
     from pipeline.common.atomic import atomic_dir
     from pipeline.routing import metrics as rm

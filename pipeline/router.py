@@ -44,7 +44,6 @@ def certify(risk, correct, cost, candidates, grid, target: str, epsilon: float, 
     accuracy: fixed-sequence Learn-then-Test along the grid (conservative first); the cheapest
     threshold whose drop bound holds, so P(drop > epsilon) <= delta; none: always dense.
     budget: the most accurate grid threshold whose calibration cost is <= budget (no guarantee)."""
-    import numpy as np
 
     from pipeline.routing.policies import route, routed_outcome
     from pipeline.routing.thresholds import fixed_sequence

@@ -14,7 +14,6 @@ with the default (flops) they ignore this file, and it is reported beside the an
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 

@@ -5,6 +5,8 @@ Reads the base checkpoint and `artifacts/data/` (healing and calibration blocks)
 and `topk_logp` [N, L, k] (the dense model's top-k log-probabilities at every position):
 - `heal.safetensors`: the healing blocks minus the last `ladder.heal.val_blocks`;
 - `heal_val.safetensors`: those held-out healing blocks (early stopping);
+  both only when `ladder.heal.enabled` (the healing set is most of this stage's time: ~150 s of
+  ~160 s on the default build, spent for nothing when no rung heals);
 - `allocator.safetensors`: the first `ladder.allocator.eval_blocks` calibration blocks, which the
   allocator scores candidate cuts on;
 - `summary.json`: shapes, k, the probability mass the top-k captures, seconds.
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     heal_blocks = load_file(str(data / "heal.safetensors"))["input_ids"]
     calib = load_file(str(data / "calibration.safetensors"))["input_ids"]
     n_val = ladder.heal.val_blocks
-    if n_val >= len(heal_blocks):
+    if ladder.heal.enabled and n_val >= len(heal_blocks):
         raise SystemExit(f"teacher: ladder.heal.val_blocks={n_val} leaves no healing blocks "
                          f"(data has {len(heal_blocks)}); lower it or raise data.heal.num_blocks")
     if ladder.allocator.eval_blocks > len(calib):
@@ -52,13 +54,13 @@ def main(argv: list[str] | None = None) -> None:
     with st.tracked() as tracker:
         model = AutoModelForCausalLM.from_pretrained(args.base, dtype=torch.float32, use_safetensors=True).eval()
         t0 = time.perf_counter()
-        sets = {
-            "heal": teacher_topk(model, heal_blocks[:-n_val], k, desc="teacher: healing blocks"),
-            "heal_val": teacher_topk(model, heal_blocks[-n_val:], k, desc="teacher: held-out healing blocks"),
-            "allocator": teacher_topk(model, calib[: ladder.allocator.eval_blocks], k, desc="teacher: allocator blocks"),
-        }
+        sets = {}
+        if ladder.heal.enabled:
+            sets["heal"] = teacher_topk(model, heal_blocks[:-n_val], k, desc="teacher: healing blocks")
+            sets["heal_val"] = teacher_topk(model, heal_blocks[-n_val:], k, desc="teacher: held-out healing blocks")
+        sets["allocator"] = teacher_topk(model, calib[: ladder.allocator.eval_blocks], k, desc="teacher: allocator blocks")
         secs = time.perf_counter() - t0
-        summary = {"topk": k, "seconds": round(secs, 1),
+        summary = {"topk": k, "seconds": round(secs, 1), "heal_sets": bool(ladder.heal.enabled),
                    "sets": {name: {"shape": list(t["input_ids"].shape), "captured_mass": round(captured_mass(t), 4)}
                             for name, t in sets.items()}}
         with atomic_dir(Path(args.out)) as tmp:
@@ -66,7 +68,8 @@ def main(argv: list[str] | None = None) -> None:
                 save_file({key: v.contiguous() for key, v in t.items()}, str(tmp / f"{name}.safetensors"))
             (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         tracker.summary({f"teacher/{n}/captured_mass": v["captured_mass"] for n, v in summary["sets"].items()})
-    st.done(read=f"{args.base}, {len(heal_blocks)} healing + {ladder.allocator.eval_blocks} allocator blocks",
+    healing = f"{len(heal_blocks)} healing + " if ladder.heal.enabled else "healing off, "
+    st.done(read=f"{args.base}, {healing}{ladder.allocator.eval_blocks} allocator blocks",
             wrote=f"{args.out}/ (top-{k}; captured mass "
             + ", ".join(f"{n} {v['captured_mass']:.3f}" for n, v in summary["sets"].items()) + f"; {secs:.0f}s)")
 

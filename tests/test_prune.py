@@ -59,6 +59,20 @@ def test_calibration_outputs(tiny_ladder):
     assert (tiny_ladder / "calibrate" / "importance.png").stat().st_size > 1000
 
 
+def test_teacher_skips_the_healing_set_when_no_rung_heals(tiny_base, tiny_ladder, tmp_path):
+    raw = tiny_config()
+    raw["ladder"]["heal"]["enabled"] = False
+    params = str(write_params(tmp_path / "params.yaml", raw))
+    teacher.main(["--params", params, "--base", str(tiny_base), "--data", str(tiny_ladder / "data"),
+                  "--out", str(tmp_path / "teacher")])
+    assert sorted(p.name for p in (tmp_path / "teacher").iterdir()) == ["allocator.safetensors", "summary.json"]
+    t = json.loads((tmp_path / "teacher" / "summary.json").read_text())
+    assert t["heal_sets"] is False and list(t["sets"]) == ["allocator"]
+    # The allocator's cache does not depend on whether the ladder heals.
+    assert load_file(str(tmp_path / "teacher" / "allocator.safetensors"))["topk_ids"].equal(
+        load_file(str(tiny_ladder / "teacher" / "allocator.safetensors"))["topk_ids"])
+
+
 @pytest.mark.parametrize("rung", ["dense", *RUNGS])
 def test_every_rung_loads_generates_and_is_documented(tiny_ladder, rung):
     d = tiny_ladder / "ladder" / rung
