@@ -74,12 +74,10 @@ def main() -> int:
     if Path("artifacts/teacher/heal.safetensors").exists():
         teacher = {k: load_file(f"artifacts/teacher/{k}.safetensors") for k in ("heal", "heal_val")}
     else:  # the teacher stage skips the healing set when the ladder does not heal: compute it here
-        from pipeline.pruning.distill import teacher_topk
+        from pipeline.teacher import healing_sets
 
-        blocks, n_val = load_file("artifacts/data/heal.safetensors")["input_ids"], cfg.ladder.heal.val_blocks
-        teacher = {"heal": teacher_topk(dense, blocks[:-n_val], cfg.ladder.teacher.topk, desc="teacher: healing blocks"),
-                   "heal_val": teacher_topk(dense, blocks[-n_val:], cfg.ladder.teacher.topk,
-                                            desc="teacher: held-out healing blocks")}
+        teacher = healing_sets(dense, load_file("artifacts/data/heal.safetensors")["input_ids"],
+                               cfg.ladder.heal.val_blocks, cfg.ladder.teacher.topk)
     results["dense"] = quality(dense, tok, items, held, other)
     del dense
     for rung in args.rungs:

@@ -28,6 +28,14 @@ def _args(ap):
     ap.add_argument("--out", default="artifacts/teacher")
 
 
+def healing_sets(model, heal_blocks, n_val: int, k: int) -> dict:
+    """The dense model's top-k on the healing blocks: `heal` (all but the last `n_val`) and `heal_val`."""
+    from pipeline.pruning.distill import teacher_topk
+
+    return {"heal": teacher_topk(model, heal_blocks[:-n_val], k, desc="teacher: healing blocks"),
+            "heal_val": teacher_topk(model, heal_blocks[-n_val:], k, desc="teacher: held-out healing blocks")}
+
+
 def main(argv: list[str] | None = None) -> None:
     st = begin("teacher", _args, argv)
     cfg, args = st.cfg, st.args
@@ -54,10 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     with st.tracked() as tracker:
         model = AutoModelForCausalLM.from_pretrained(args.base, dtype=torch.float32, use_safetensors=True).eval()
         t0 = time.perf_counter()
-        sets = {}
-        if ladder.heal.enabled:
-            sets["heal"] = teacher_topk(model, heal_blocks[:-n_val], k, desc="teacher: healing blocks")
-            sets["heal_val"] = teacher_topk(model, heal_blocks[-n_val:], k, desc="teacher: held-out healing blocks")
+        sets = healing_sets(model, heal_blocks, n_val, k) if ladder.heal.enabled else {}
         sets["allocator"] = teacher_topk(model, calib[: ladder.allocator.eval_blocks], k, desc="teacher: allocator blocks")
         secs = time.perf_counter() - t0
         summary = {"topk": k, "seconds": round(secs, 1), "heal_sets": bool(ladder.heal.enabled),
