@@ -25,6 +25,7 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import statistics
 import time
 from pathlib import Path
@@ -88,6 +89,13 @@ def head_flops_per_token(s: dict) -> float:
     return 2 * s["vocab"] * s["hidden"]
 
 
+def refit_flops(n: int, out_dim: int) -> float:
+    """Least-squares refit keeping k = n/2 of n inputs: LU of the k x k system (2/3 k^3), the right-hand
+    side W G[:, K] (2 out n k) and the solve against it (2 k^2 out)."""
+    k = n // 2
+    return 2 / 3 * k ** 3 + 2 * out_dim * (n + 1) * k + 2 * k ** 2 * out_dim
+
+
 def _median(f, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -119,7 +127,10 @@ def measure(base: Path) -> dict:
     from pipeline.pruning.compensation import GramHook, _Stop, refit
     from pipeline.pruning.importance import measure_importance, plain_forward
 
-    out: dict = {"torch_threads": torch.get_num_threads(), "dtype": "float32", "device": "cpu"}
+    import transformers  # noqa: F401  (imported before the load is timed)
+
+    out: dict = {"torch_threads": torch.get_num_threads(), "dtype": "float32", "device": "cpu",
+                 "load_average_1min": os.getloadavg()[0]}
     t = time.perf_counter()
     model, ckpt = load_default(base)
     out["load_seconds"] = round(time.perf_counter() - t, 2)
@@ -137,14 +148,19 @@ def measure(base: Path) -> dict:
                       "flops_per_token_per_layer": flops, "achieved_gflops": flops / per_layer_token / 1e9}
 
     blocks = torch.randint(0, SMOL["vocab"], (8, T), generator=g)
-    t = time.perf_counter()
-    plain_forward(model, blocks, batch_size=4, desc="plain")
-    plain = time.perf_counter() - t
-    t = time.perf_counter()
-    measure_importance(model, blocks, batch_size=4, desc="hooked")
-    hooked = time.perf_counter() - t
-    tokens = blocks.numel()
-    out["calibration"] = {"tokens": tokens, "plain_seconds": round(plain, 2), "hooked_seconds": round(hooked, 2),
+    # interleaved, median of three, so load from other processes hits both passes alike
+    pair = blocks[:2]
+    plains, hookeds = [], []
+    for _ in range(3):
+        t = time.perf_counter()
+        plain_forward(model, pair, batch_size=2, desc="plain")
+        plains.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        measure_importance(model, pair, batch_size=2, desc="hooked")
+        hookeds.append(time.perf_counter() - t)
+    plain, hooked = statistics.median(plains), statistics.median(hookeds)
+    tokens = pair.numel()
+    out["calibration"] = {"tokens": tokens, "plain_seconds": plains, "hooked_seconds": hookeds,
                           "overhead_x": hooked / plain,
                           "hook_seconds_per_token_per_layer": (hooked - plain) / (tokens * SMOL["layers"])}
 
@@ -166,16 +182,18 @@ def measure(base: Path) -> dict:
     gram_only = _median(lambda: x.T @ x, 3) * (tokens / (4 * T))
     keep = torch.arange(0, SMOL["mlp"], 2)
     solve = _median(lambda: refit(down.weight.data, None, gram, keep, 0.01, False), 3)
+    # the refit's growth with size, at the 8B down_proj's aspect (out = hidden = 4096/14336 of the inputs)
     sizes = {}
     for n in (768, 1536, 3072):
         xs = torch.randn(2 * n, n + 1, dtype=torch.float64, generator=g)
         G = xs.T @ xs / len(xs)
-        W = torch.randn(SMOL["hidden"], n, generator=g)
+        W = torch.randn(round(n * L8B["hidden"] / L8B["mlp"]), n, generator=g)
         sizes[n] = _median(lambda: refit(W, None, G, torch.arange(0, n, 2), 0.01, False), 3)
     exponent = math.log(sizes[3072] / sizes[768]) / math.log(4)
     out["compensation"] = {"consumer": "down_proj", "inputs": SMOL["mlp"], "tokens": tokens,
                            "gram_seconds_per_token": gram_only / tokens, "gram_pass_seconds": round(gram_pass, 3),
-                           "refit_seconds": solve, "refit_seconds_by_inputs": sizes,
+                           "refit_seconds": solve, "refit_flops": refit_flops(SMOL["mlp"], SMOL["hidden"]),
+                           "refit_seconds_by_inputs_at_8b_aspect": sizes,
                            "refit_exponent_768_to_3072": exponent}
 
     if ckpt is not None:
@@ -217,7 +235,8 @@ def project(m: dict, build: Path | None) -> dict:
     ratio = {"params_per_layer": layer_params(t) / layer_params(s),
              "flops_per_layer_token": lf / layer_flops_per_token(s, ctx),
              "gram_down_proj_d2": (t["mlp"] / s["mlp"]) ** 2,
-             "refit_down_proj_d3": (t["mlp"] / s["mlp"]) ** 3}
+             "refit_down_proj_d3": (t["mlp"] / s["mlp"]) ** 3,
+             "refit_down_proj_flops": refit_flops(t["mlp"], t["hidden"]) / refit_flops(s["mlp"], s["hidden"])}
     gb = 1e9
 
     def forward(tokens: float, rel: float = 1.0) -> float:
@@ -231,8 +250,7 @@ def project(m: dict, build: Path | None) -> dict:
     def comp_layer(tokens: int) -> float:
         f = 0.0
         for n, out_dim in ((t["heads"] * t["head_dim"], t["hidden"]), (t["mlp"], t["hidden"])):
-            k = n // 2
-            f += 2 * (n + 1) ** 2 * tokens + 2 / 3 * k ** 3 + 2 * out_dim * (n + 1) * k + 2 * k ** 2 * out_dim
+            f += 2 * (n + 1) ** 2 * tokens + refit_flops(n, out_dim)
         return gpu_seconds(f, fp64=True)
 
     grams_all_layers_gb = t["layers"] * ((t["heads"] * t["head_dim"] + 1) ** 2 + (t["mlp"] + 1) ** 2) * 8 / gb
@@ -264,7 +282,7 @@ def project(m: dict, build: Path | None) -> dict:
     add("data", 1, WORK["model_free_seconds"]["data"], "tokenisation only: the 135M build's figure")
     cal_tok = WORK["calibration_tokens"]
     add("calibrate", weights_gb + logits_gb(8 * 256) + 8 * 256 * t["mlp"] * 2 * 3 / gb,
-        forward(cal_tok) * m["calibration"]["overhead_x"] + io,
+        forward(cal_tok) * max(1.0, m["calibration"]["overhead_x"]) + io,
         f"{cal_tok} tokens hooked forward, x{m['calibration']['overhead_x']:.2f} hook overhead measured here "
         "(an upper bound: hooks grow with width, matmuls with width^2); fp32 logits of a batch of 8 x 256")
     add("teacher", weights_gb + logits_gb(8 * 256), forward(WORK["teacher_tokens"]) + io,
@@ -280,6 +298,15 @@ def project(m: dict, build: Path | None) -> dict:
             f"{candidates} allocator candidates x {WORK['allocator_eval_tokens']} tokens on the parent "
             f"({prel:.2f}x FLOPs) + compensation: fp64 Grams {grams_all_layers_gb:.0f} GB for all layers at once "
             f"(allocator), LU of 7168^2 per down_proj")
+    # The allocator's cache of refitted consumer weights: a full-size o_proj / down_proj per layer, consumer
+    # and kept set, never evicted. Width moves (KV, q, MLP) change the kept set of every layer.
+    refit_entry_gb = (t["hidden"] * t["heads"] * t["head_dim"] * 2 + t["hidden"] * t["mlp"]) * BYTES["bf16"] / gb
+    refit_cache_per_round_gb = t["layers"] * refit_entry_gb
+    add("prune@f90, compensate=false", weights_gb + 2 * (t["mlp"] + 1) ** 2 * 8 / gb + 4 * layer_gb,
+        io + t["layers"] * comp_layer(WORK["compensation_tokens"]) + 2 * forward(WORK["compensation_tokens"])
+        + candidates * forward(WORK["allocator_eval_tokens"]) + sha,
+        "ladder.allocator.compensate=false: candidates scored without refits (no all-layer Grams, no refit "
+        "cache); the cut itself still refits layer by layer, one layer's fp64 Grams at a time")
     heal_mem = weights_gb * 0.6 + layer_params(t) * t["layers"] * 0.6 * (2 + 2 + 2) / gb
     add("heal (if enabled, f60)", heal_mem, gpu_seconds(3 * WORK["heal_tokens"] * fwd_flops_tok * 0.6),
         "fwd+bwd = 3x forward FLOPs; bf16 weights + bf16 grads + 8-bit AdamW (2 B/param) of decoder params; "
@@ -297,12 +324,14 @@ def project(m: dict, build: Path | None) -> dict:
     add("cascade, escalate, compare", 1, WORK["model_free_seconds"]["cascade, escalate, compare"], "no model")
     add("report, manifest, summary", 1, WORK["model_free_seconds"]["report, manifest, summary"],
         "digests come from the prune reports; the runtime re-hashes rungs at start")
-    total = sum(x["seconds"] for x in stages if not x["stage"].startswith("heal"))
+    total = sum(x["seconds"] for x in stages if not x["stage"].startswith("heal") and "compensate=false" not in x["stage"])
     return {"ratios": ratio, "weights_gb": weights_gb, "layer_gb": layer_gb, "params": total_params(t),
             "flops_per_token": fwd_flops_tok, "allocator_candidates": candidates,
             "allocator_candidates_measured": measured_candidates, "stages": stages,
+            "allocator_grams_gb": grams_all_layers_gb, "allocator_refit_cache_gb_per_round": refit_cache_per_round_gb,
             "total_seconds_without_heal": total, "refit_down_proj_cpu_fp64_seconds_extrapolated":
-                m["compensation"]["refit_seconds"] * ratio["refit_down_proj_d3"]}
+                m["compensation"]["refit_seconds"] * ratio["refit_down_proj_flops"],
+            "refit_down_proj_gpu_fp64_seconds": gpu_seconds(refit_flops(t["mlp"], t["hidden"]), fp64=True)}
 
 
 def main() -> None:
@@ -323,8 +352,10 @@ def main() -> None:
           f"({cal['hook_seconds_per_token_per_layer'] * 1e6:.1f} us per token per layer of statistics)")
     print(f"  compensation (one layer, down_proj, {c['inputs']} inputs): fp64 Gram "
           f"{c['gram_seconds_per_token'] * 1e6:.1f} us/token; refit keeping half {c['refit_seconds']:.3f} s; "
-          f"refit 768/1536/3072 inputs: " + ", ".join(f"{v:.3f} s" for v in c["refit_seconds_by_inputs"].values())
-          + f" (exponent {c['refit_exponent_768_to_3072']:.2f})")
+          f"({c['refit_flops'] / c['refit_seconds'] / 1e9:.1f} GFLOP/s fp64); at the 8B aspect, 768/1536/3072 "
+          "inputs: " + ", ".join(f"{v:.3f} s" for v in c["refit_seconds_by_inputs_at_8b_aspect"].values())
+          + f" (time ~ n^{c['refit_exponent_768_to_3072']:.2f})")
+    print(f"  load average (1 min) at the start: {m['load_average_1min']:.1f} on {os.cpu_count()} cores")
     if "checkpoint" in m:
         k = m["checkpoint"]
         print(f"  checkpoint: {k['bytes'] / 1e6:.0f} MB, {k['bytes_per_layer'] / 1e6:.1f} MB per layer, "
@@ -338,12 +369,15 @@ def main() -> None:
           f"disk {DISK_GB_PER_S} GB/s; the default config's token counts")
     print(f"  ratios 8B/135M: params per layer {r['params_per_layer']:.1f}x, FLOPs per token per layer "
           f"{r['flops_per_layer_token']:.1f}x, down_proj Gram (d^2) {r['gram_down_proj_d2']:.0f}x, "
-          f"refit (d^3) {r['refit_down_proj_d3']:.0f}x")
+          f"refit (d^3) {r['refit_down_proj_d3']:.0f}x, refit FLOPs (4096 out, 14336 in) {r['refit_down_proj_flops']:.0f}x")
     print(f"  {p['params'] / 1e9:.2f} B params = {p['weights_gb']:.1f} GB bf16 ({p['layer_gb'] * 1e3:.0f} MB per "
           f"layer); {p['flops_per_token'] / 1e9:.1f} GFLOP per token; allocator candidates per rung "
           f"{p['allocator_candidates']} (measured on the 135M ladder: {p['allocator_candidates_measured'] or 'n/a'})")
-    print(f"  one down_proj refit on this CPU in fp64 would take ~{p['refit_down_proj_cpu_fp64_seconds_extrapolated']:.0f} s "
-          "(d^3 extrapolation); on the GPU's fp64 units it is in the table")
+    print(f"  one down_proj refit (keep 7168 of 14336): ~{p['refit_down_proj_cpu_fp64_seconds_extrapolated']:.0f} s on this "
+          f"CPU by FLOP ratio, ~{p['refit_down_proj_gpu_fp64_seconds']:.2f} s on the GPU's fp64 units")
+    print(f"  allocator (compensate=true): fp64 Grams of every layer's o_proj and down_proj inputs "
+          f"{p['allocator_grams_gb']:.1f} GB, plus its never-evicted refit cache, ~{p['allocator_refit_cache_gb_per_round']:.1f} GB "
+          "per width move accepted (not in the table's memory column)")
     print(f"\n  {'stage':<28} {'GPU memory GB':>13} {'time s':>9}  how")
     for x in p["stages"]:
         print(f"  {x['stage']:<28} {x['memory_gb']:>13.1f} {x['seconds']:>9.1f}  {x['how']}")
