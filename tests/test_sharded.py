@@ -15,9 +15,10 @@ from safetensors.torch import load_file
 
 from pipeline import prune
 from pipeline.common.assets import AssetError
+from pipeline.common.config import ConfigError, validate
 from pipeline.models.checkpoint import INDEX_FILE, ChecksumError, check_checkpoint_files, verify_rung, weight_files
 from pipeline.serve import LadderRuntime
-from tests.conftest import write_params
+from tests.conftest import tiny_config, write_params
 from tests.test_deploy import build_routing, deploy_params
 from tests.test_prune import tiny_ladder  # noqa: F401  (session fixture)
 
@@ -222,3 +223,24 @@ def test_the_load_seam_sees_a_second_copy(tiny_base, monkeypatch):
     for _ in range(2):
         AutoModelForCausalLM.from_pretrained(tiny_base, use_safetensors=True)
     assert len(seam.from_pretrained) == 2 and len(seam.checkpoint_weights_touched(tiny_base)) == 2
+
+
+def test_the_base_stage_writes_shards_and_records_the_index(tmp_path):
+    from pipeline import base
+
+    params = write_params(tmp_path / "params.yaml", tiny_config([f"model.max_shard_size={SHARD}"]))
+    base.main(["--params", str(params), "--out", str(tmp_path / "base")])
+    d = tmp_path / "base"
+    shards = sorted(p.name for p in d.glob("model-*-of-*.safetensors"))
+    assert len(shards) >= 2 and weight_files(d) == shards
+    check_checkpoint_files(d)  # what the next stages check before loading it
+    prov = json.loads((d / "provenance.json").read_text())
+    assert set(prov["weights"]) == {*shards, INDEX_FILE}
+
+
+@pytest.mark.parametrize("size", ["5 GB", "5gb", "0MB", "5TB", "1.5GB"])
+def test_a_bad_shard_size_is_refused_naming_the_key(size):
+    raw = tiny_config()
+    raw["model"]["max_shard_size"] = size
+    with pytest.raises(ConfigError, match=r"model.max_shard_size"):
+        validate(raw)
