@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
         model, tok, source = load_base(cfg.model, cfg.seed)
         out = Path(st.args.out)
         with atomic_dir(out) as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
+            model.save_pretrained(tmp, safe_serialization=True, max_shard_size=cfg.model.max_shard_size)
             # Cleanup mangles BPE spacing (transformers warns on every load otherwise).
             tok.clean_up_tokenization_spaces = False
             tok.save_pretrained(tmp)
@@ -59,7 +59,9 @@ def main(argv: list[str] | None = None) -> None:
                 # Carried into every rung's model card (pipeline/models/card.py).
                 "license": cfg.model.license,
                 "base_model": cfg.model.base_model or (source.get("repo_id") if source["kind"] == "hub" else None),
-                "weights": {p.name: sha256_file(p) for p in sorted(tmp.glob("*.safetensors"))},
+                # every weights file, and the shard index when the weights are sharded
+                "weights": {p.name: sha256_file(p) for p in sorted([*tmp.glob("*.safetensors"),
+                                                                    *tmp.glob("*.safetensors.index.json")])},
                 "architecture": {
                     "model_type": c.model_type,
                     "num_hidden_layers": c.num_hidden_layers,

@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> None:
         with atomic_dir(out) as tmp:
             # The class method, not the instance's: llmcompressor wraps the instance's
             # save_pretrained to write its own recipe and compression config.
-            PreTrainedModel.save_pretrained(model, tmp, safe_serialization=True)
+            PreTrainedModel.save_pretrained(model, tmp, safe_serialization=True,
+                                            max_shard_size=st.cfg.model.max_shard_size)
             tok.save_pretrained(tmp)
             report["files_sha256"] = file_digests(tmp)  # every file a loader reads: checked downstream
             (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe_out, sort_keys=False))

@@ -114,6 +114,10 @@ class ModelConfig(Strict):
     dtype: Literal["float32", "bfloat16"] = "float32"
     smoke_prompt: str = "The capital of France is"
     smoke_tokens: Annotated[int, Field(ge=1, le=256)] = 16
+    # Largest safetensors file the base and every rung are written in (save_pretrained's
+    # `max_shard_size`): above it, `model-0000i-of-0000N.safetensors` plus
+    # `model.safetensors.index.json`. 5GB, the Hub's usual size: one file up to a ~1B fp32 model.
+    max_shard_size: Annotated[str, Field(pattern=r"^[1-9][0-9]*(KB|MB|GB|KiB|MiB|GiB)$")] = "5GB"
 
 
 # --- data --------------------------------------------------------------------

@@ -7,6 +7,13 @@ file of the directory except the documentation written next to them. The manifes
 and `check_rung_files` (used by `verify_rung` in the evaluation and by the runtime) refuses a
 directory where any of them is missing or different, or where a file the build never wrote has
 appeared (a config can name another weights file, a tokenizer can pick up an extra one).
+
+Large checkpoints are sharded: `model-0000i-of-0000N.safetensors` plus `model.safetensors.index.json`,
+whose `weight_map` says which file holds each tensor. `weight_files` resolves what a loader reads
+(`model.safetensors` when present, as transformers prefers it, else every file the index names) and
+refuses an index that names a file that is absent, not a safetensors file of this directory, or that
+disagrees with the shards' own headers; `check_rung_files` also requires each of those files to be
+among the recorded digests.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from pipeline.common.formats import check_safetensors, read_json
 
 # Written next to the checkpoint for people, never read by a loader (the report holds the digests).
 DOCUMENTATION = frozenset({"pruning_report.json", "recipe.yaml", "README.md"})
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
 
 
 class ChecksumError(AssetError):
@@ -38,8 +47,45 @@ def file_digests(rung_dir: str | Path) -> dict[str, str]:
             if p.is_file() and p.name not in DOCUMENTATION}
 
 
+def weight_files(ckpt_dir: str | Path) -> list[str]:
+    """The safetensors files `from_pretrained` reads from `ckpt_dir`, each checked for structure:
+    `model.safetensors`, or, for a sharded checkpoint, every file its index's weight_map names.
+    Raises AssetError naming the index and the file when the index and the shards disagree."""
+    ckpt_dir = Path(ckpt_dir)
+    if (ckpt_dir / SINGLE_FILE).is_file():
+        check_safetensors(ckpt_dir / SINGLE_FILE)
+        return [SINGLE_FILE]
+    index = ckpt_dir / INDEX_FILE
+    if not index.is_file():
+        found = sorted(p.name for p in ckpt_dir.glob("*.safetensors"))
+        raise AssetError(f"{shown(ckpt_dir)} has neither {SINGLE_FILE} nor {INDEX_FILE}"
+                         + (f" (it has {', '.join(found)}: shards are loaded through their index)" if found else
+                            " (only safetensors checkpoints are loaded)"))
+    raw = read_json(index)
+    wmap = raw.get("weight_map") if isinstance(raw, dict) else None
+    if not isinstance(wmap, dict) or not wmap or not all(isinstance(v, str) for v in wmap.values()):
+        raise AssetError(f"{shown(index)}: no weight_map (tensor name -> shard file); not a shard index")
+    names = sorted(set(wmap.values()))
+    foreign = [n for n in names if Path(n).name != n or not n.endswith(".safetensors")]
+    if foreign:
+        raise AssetError(f"{shown(index)}: weight_map names {foreign}: a shard must be a .safetensors file in "
+                         "the same directory")
+    missing = [n for n in names if not (ckpt_dir / n).is_file()]
+    if missing:
+        raise AssetError(f"{shown(index)}: weight_map names {', '.join(missing)}, missing from {shown(ckpt_dir)}")
+    for name in names:
+        held = set(check_safetensors(ckpt_dir / name)) - {"__metadata__"}
+        mapped = {t for t, f in wmap.items() if f == name}
+        if not mapped <= held:
+            lost = sorted(mapped - held)
+            raise AssetError(f"{shown(index)}: weight_map puts {lost[:3]}{' ...' if len(lost) > 3 else ''} in "
+                             f"{name}, which does not hold them")
+    return names
+
+
 def check_checkpoint_files(ckpt_dir: str | Path) -> None:
-    """Structure only (no digests): config.json is JSON, every weights file is sound safetensors."""
+    """Structure only (no digests): config.json is JSON, every weights file is sound safetensors,
+    and a shard index names only shards that are there."""
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         raise AssetError(f"checkpoint directory {ckpt_dir} does not exist")
@@ -49,6 +95,7 @@ def check_checkpoint_files(ckpt_dir: str | Path) -> None:
         raise AssetError(f"{ckpt_dir} has no *.safetensors weights (only safetensors checkpoints are loaded)")
     for p in shards:
         check_safetensors(p)
+    weight_files(ckpt_dir)
 
 
 def check_rung_files(rung_dir: str | Path, digests: dict[str, str], what: str, restore: str) -> None:
@@ -80,6 +127,13 @@ def check_rung_files(rung_dir: str | Path, digests: dict[str, str], what: str, r
         if actual != expected:
             raise ChecksumError(f"{what}: {shown(rung_dir / name)} has sha256 {actual}, but the build recorded "
                                 f"{expected}: modified or corrupted after the build; {restore}")
+    try:
+        loaded = weight_files(rung_dir)
+    except AssetError as exc:
+        raise AssetError(f"{what}: {exc}; {restore}") from None
+    unhashed = [n for n in loaded if n not in digests]
+    if unhashed:  # unreachable while unrecorded files are refused above; kept as the guarantee itself
+        raise ChecksumError(f"{what}: {', '.join(unhashed)} would be loaded but has no recorded sha256; {restore}")
 
 
 def restore_hint(rung_dir: str | Path) -> str:
