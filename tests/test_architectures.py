@@ -382,3 +382,59 @@ def test_the_tiny_graph_runs_on(tmp_path, preset, model_type):
             record["pred_norm"]
     mixed = json.loads((art / "ladder" / "mixed" / "pruning_report.json").read_text())
     assert mixed["counts"]["kv_heads"] == 2 and mixed["counts"]["q_heads"] == 1 and mixed["counts"]["layers"] == 3
+
+
+# --- a Llama rung stored as Mistral, through the stages ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def llama_as_mistral(tiny_base, tmp_path_factory):
+    """The tiny Llama with `mixed` cut to 55 hidden channels and 2 heads (LlamaConfig refuses it),
+    a child cut from that rung, both by the real prune stage, and the child evaluated."""
+    from pipeline import calibrate, data, evaluate, prune, teacher
+
+    root = tmp_path_factory.mktemp("llama_as_mistral")
+    raw = tiny_config(["~ladder.rungs.f80", "~ladder.rungs.wanda50", "~ladder.rungs.nm24",
+                       "ladder.rungs.mixed.recipe.hidden.keep=0.86", "+ladder.rungs.mixed.recipe.hidden.multiple_of=1",
+                       "+ladder.rungs.child={parent: mixed, recipe: {attention: {kv_heads: 1}, mlp: {keep: 0.5}}}",
+                       "ladder.heal.enabled=false"])  # unhealed: the child's kept weights are the parent's
+    params = ["--params", str(write_params(root / "params.yaml", raw))]
+    base = ["--base", str(tiny_base)]
+    data.main([*params, *base, "--out", str(root / "data")])
+    calibrate.main([*params, *base, "--data", str(root / "data"), "--out", str(root / "calibrate")])
+    teacher.main([*params, *base, "--data", str(root / "data"), "--out", str(root / "teacher")])
+    paths = [*base, "--data", str(root / "data"), "--calibration", str(root / "calibrate"),
+             "--teacher", str(root / "teacher"), "--ladder-dir", str(root / "ladder")]
+    for rung in ("dense", "mixed", "child"):
+        prune.main([*params, "--rung", rung, *paths])
+    evaluate.main([*params, "--rung", "child", "--ladder-dir", str(root / "ladder"), "--data", str(root / "data"),
+                   "--out", str(root / "eval" / "child")])
+    return root
+
+
+def test_a_llama_rung_llama_cannot_load_is_stored_as_mistral_by_prune(llama_as_mistral):
+    from pipeline.pruning.plan import is_nested
+
+    ladder = llama_as_mistral / "ladder"
+    mixed = json.loads((ladder / "mixed" / "pruning_report.json").read_text())
+    assert mixed["counts"]["hidden"] == 55 and mixed["counts"]["kv_heads"] * mixed["counts"]["q_heads"] == 2
+    assert mixed["compensation"]["stored_as"]["model_type"] == "mistral"
+    recipe = yaml.safe_load((ladder / "mixed" / "recipe.yaml").read_text())
+    assert recipe["steps"][0]["structured"]["stored_as"]["from"] == "llama"
+    models = {r: AutoModelForCausalLM.from_pretrained(ladder / r, use_safetensors=True) for r in ("dense", "mixed", "child")}
+    assert [type(m).__name__ for m in models.values()] == ["LlamaForCausalLM", "MistralForCausalLM", "MistralForCausalLM"]
+    assert models["mixed"].config.sliding_window is None and models["mixed"].config.hidden_size == 55
+    # The child is cut from the Mistral-stored parent: its structure nests, and its K/V projections
+    # (not refitted, not healed) are the parent's rows for the KV group it kept.
+    child = json.loads((ladder / "child" / "pruning_report.json").read_text())
+    arch = Arch.from_config(json.loads((ladder / "dense" / "config.json").read_text()))
+    c, p = Structure.from_json(child["structure"], arch), Structure.from_json(mixed["structure"], arch)
+    assert is_nested(c, p) == [] and child["counts"]["kv_heads"] == 1
+    hd = arch.head_dim
+    for pos, l in enumerate(c["layers"]):
+        g = p["kv_heads"][l].index(c["kv_heads"][l][0])
+        k_parent = models["mixed"].model.layers[pos].self_attn.k_proj.weight
+        torch.testing.assert_close(models["child"].model.layers[pos].self_attn.k_proj.weight,
+                                   k_parent[g * hd:(g + 1) * hd], rtol=0, atol=0)
+    metrics = json.loads((llama_as_mistral / "eval" / "child" / "metrics.json").read_text())
+    assert metrics["perplexity"]["perplexity"] > 1 and metrics["tasks"]["mean"]["acc_norm"] >= 0  # evaluated
