@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
             t = time.perf_counter()
             cut_report = cut_to(model, parent, structure, arch, imp,
                                 blocks[: comp.blocks] if comp.enabled else None, comp.enabled, comp.damping, comp.bias)
-            model, cut_report["stored_as"] = storable_model(model)  # a Llama head count Llama refuses
+            model, stored_as = storable_model(model)  # a Llama head count LlamaConfig refuses: as Mistral
             seconds["cut_and_compensate"] = round(time.perf_counter() - t, 1)
             c = structure.counts()
             recipe_out["steps"].append({"structured": {
@@ -145,7 +145,9 @@ def main(argv: list[str] | None = None) -> None:
                            "kv_heads": "rms contribution to residual", "q_heads": "rms contribution to residual",
                            "mlp": "rms contribution to residual"},
                 "compensation": {**ladder.compensation.model_dump(), "applied": cut_report["compensation"]},
-                "stored_as": cut_report["stored_as"]}})
+                **({"stored_as": stored_as} if stored_as else {})}})
+            if stored_as:
+                cut_report["stored_as"] = stored_as
             weights = rung.recipe.weights if rung.recipe else None
             if weights is not None:
                 t = time.perf_counter()

@@ -119,9 +119,11 @@ def cut_shapes(tmp_path_factory):
         expected = logits(m)
         cut_to(m, Structure.dense(arch), target, arch, None, None, False, 0.0, False)
         sliced = logits(m)
+        before = {n: p.data_ptr() for n, p in m.named_parameters()}
         m, stored_as = storable_model(m)
+        shared = before == {n: p.data_ptr() for n, p in m.named_parameters()}
         made[(name, "explicit")] = dict(model=m, arch=arch, target=target, expected=expected, sliced=sliced,
-                                        memory=logits(m), stored_as=stored_as, rope=rope)
+                                        memory=logits(m), stored_as=stored_as, rope=rope, shared=shared)
 
         m = shaped(name, seed=1)
         imp = measure_importance(m, BLOCKS, desc="stats")
@@ -153,6 +155,7 @@ def test_whole_kv_groups_and_query_heads_are_cut_exactly_and_reload(cut_shapes, 
     # Slicing q/k/v (with Qwen2's biases) and o_proj by head is exact: the heads it removed wrote nothing.
     torch.testing.assert_close(r["sliced"], r["expected"], rtol=0, atol=1e-10)
     torch.testing.assert_close(r["memory"], r["sliced"], rtol=0, atol=0)
+    assert r["shared"]  # storing as Mistral reuses the tensors: no second copy of the weights
     got = r["reloaded"]
     assert (got["heads"], got["kv"], got["head_dim"]) == (n_kv * per, n_kv, arch.head_dim)
     # Llama's 21 of 128 breaks LlamaConfig's rule: stored as Mistral; the others keep their class.
