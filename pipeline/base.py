@@ -23,6 +23,7 @@ def _args(ap):
 def main(argv: list[str] | None = None) -> None:
     st = begin("base", _args, argv)
     cfg = st.cfg
+    _check_architecture(cfg.model.source)
 
     import torch
     import transformers
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
 
     with st.tracked() as tracker:
         model, tok, source = load_base(cfg.model, cfg.seed)
+        _check_architecture(model.config)  # what was loaded, for sources the preflight could not read
         out = Path(st.args.out)
         with atomic_dir(out) as tmp:
             model.save_pretrained(tmp, safe_serialization=True, max_shard_size=cfg.model.max_shard_size)
@@ -96,6 +98,25 @@ def main(argv: list[str] | None = None) -> None:
         wrote=f"{out}/ (safetensors, tokenizer, provenance.json); smoke: "
         f"{cfg.model.smoke_prompt!r} -> {completion.strip()[:60]!r}",
     )
+
+
+def _check_architecture(source_or_config) -> None:
+    """Refuse an unsupported model before loading it (from what the source declares), naming the
+    supported ones; called again on the loaded config for sources that declare nothing cheaply."""
+    from pipeline.models.architecture import UnsupportedArchitecture, check_supported
+
+    if hasattr(source_or_config, "kind"):
+        from pipeline.models.preflight import declared_model_type
+
+        model_type, where = declared_model_type(source_or_config)
+        if model_type is None:
+            return
+    else:
+        model_type, where = source_or_config.model_type, "the loaded model's config"
+    try:
+        check_supported(model_type, where)
+    except UnsupportedArchitecture as exc:
+        raise SystemExit(f"base: {exc}") from None
 
 
 if __name__ == "__main__":

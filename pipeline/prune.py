@@ -37,15 +37,19 @@ def _args(ap):
 
 def _plan(st):
     """Everything checkable from small JSON files, before loading any model."""
-    from pipeline.models.architecture import check_supported
+    from pipeline.models.architecture import bias_flags, check_supported
     from pipeline.pruning.granularity import registry
     from pipeline.pruning.plan import check_counts, recipe_counts
     from pipeline.pruning.structure import Arch, Structure
 
     args, ladder = st.args, st.cfg.ladder
     base_config = json.loads((Path(args.base) / "config.json").read_text())
-    check_supported(base_config)
-    arch = Arch.from_config(base_config)
+    check_supported(base_config, str(Path(args.base) / "config.json"))
+    if ladder.compensation.bias and not bias_flags(base_config["model_type"]):
+        raise ValueError(f"ladder.compensation.bias=true: a {base_config['model_type']} model has no o_proj / "
+                         "down_proj bias to store the refitted intercept in (only llama's attention_bias / "
+                         "mlp_bias can); set ladder.compensation.bias=false")
+    arch = Arch.from_config(base_config, bias_compensation=ladder.compensation.bias)
     if args.rung == "dense":
         return arch, None, None, Structure.dense(arch).counts()
     if args.rung not in ladder.rungs:
@@ -83,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
     from pipeline.common.atomic import atomic_dir
+    from pipeline.models.architecture import storable_model
     from pipeline.models.card import base_facts, model_card
     from pipeline.models.checkpoint import file_digests
     from pipeline.models.cost import DEFAULT_CONTEXT, model_cost, module_sparsity
@@ -130,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
             t = time.perf_counter()
             cut_report = cut_to(model, parent, structure, arch, imp,
                                 blocks[: comp.blocks] if comp.enabled else None, comp.enabled, comp.damping, comp.bias)
+            model, stored_as = storable_model(model)  # a Llama head count LlamaConfig refuses: as Mistral
             seconds["cut_and_compensate"] = round(time.perf_counter() - t, 1)
             c = structure.counts()
             recipe_out["steps"].append({"structured": {
@@ -138,7 +144,10 @@ def main(argv: list[str] | None = None) -> None:
                            else rung.recipe.layers.metric, "hidden": "rms at every norm output (Minitron)",
                            "kv_heads": "rms contribution to residual", "q_heads": "rms contribution to residual",
                            "mlp": "rms contribution to residual"},
-                "compensation": {**ladder.compensation.model_dump(), "applied": cut_report["compensation"]}}})
+                "compensation": {**ladder.compensation.model_dump(), "applied": cut_report["compensation"]},
+                **({"stored_as": stored_as} if stored_as else {})}})
+            if stored_as:
+                cut_report["stored_as"] = stored_as
             weights = rung.recipe.weights if rung.recipe else None
             if weights is not None:
                 t = time.perf_counter()

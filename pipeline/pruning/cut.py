@@ -15,19 +15,11 @@ import time
 import torch
 from torch import nn
 
-from pipeline.models.architecture import decoder_layers
+from pipeline.models.architecture import bias_flags, decoder_layers, model_type_of
 from pipeline.pruning.compensation import cut_layers_sequentially
 from pipeline.pruning.granularity import registry
 from pipeline.pruning.slicing import with_bias
 from pipeline.pruning.structure import Arch, Structure
-
-# Which config flag switches a consumer's bias on, per architecture, and the projections it adds
-# biases to. Only Llama can express an o_proj or down_proj bias; Qwen2 and Mistral cannot.
-BIAS_FLAGS = {
-    "llama": {"self_attn.o_proj": ("attention_bias", ("self_attn.q_proj", "self_attn.k_proj",
-                                                      "self_attn.v_proj", "self_attn.o_proj")),
-              "mlp.down_proj": ("mlp_bias", ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"))},
-}
 
 
 def consumers() -> list:
@@ -50,7 +42,7 @@ def cut_to(model: nn.Module, current: Structure, target: Structure, arch: Arch, 
             g.remove(model, current, target, arch, imp)
             current = current.replace(g.name, target[g.name])
     t1 = time.perf_counter()
-    flags = BIAS_FLAGS.get(arch.model_type, {})
+    flags = bias_flags(model_type_of(model.config))  # only Llama can store an o_proj / down_proj bias
     layers_report: list[dict] = []
     changed = any(g.kept_inputs(l, current, target, arch) is not None for g in consumers() for l in target["layers"])
     if compensate and blocks is not None and changed:

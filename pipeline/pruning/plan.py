@@ -51,7 +51,9 @@ def check_counts(counts: Counts, arch: Arch, parent: Counts, where: str) -> None
     if not loadable(counts, arch):
         n_q = counts["kv_heads"] * counts["q_heads"]
         raise ValueError(f"{where}.recipe: {n_q} query heads do not divide hidden_size {counts['hidden']}; "
-                         f"transformers refuses such a {arch.model_type} config")
+                         f"transformers refuses such a {arch.model_type} config, and this ladder's rungs cannot "
+                         "be stored as mistral instead (llama with attention_bias / mlp_bias, or "
+                         "ladder.compensation.bias=true)")
 
 
 def select_structure(parent: Structure, counts: Counts, imp, arch: Arch,

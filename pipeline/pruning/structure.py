@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
+from pipeline.models.architecture import free_heads
+
 
 @dataclass(frozen=True)
 class Arch:
@@ -30,6 +32,9 @@ class Arch:
     qkv_bias: bool  # biases on q/k/v (Qwen2 always; Llama with attention_bias)
     o_bias: bool  # bias on o_proj (Llama with attention_bias)
     mlp_bias: bool
+    # Whether a rung may keep any number of query heads (else hidden % heads == 0 must hold); see
+    # pipeline/models/architecture.py: Llama rungs breaking the rule are stored as Mistral.
+    free_heads: bool = True
 
     @property
     def group(self) -> int:
@@ -37,7 +42,8 @@ class Arch:
         return self.heads // self.kv_heads
 
     @classmethod
-    def from_config(cls, c) -> "Arch":
+    def from_config(cls, c, bias_compensation: bool = False) -> "Arch":
+        """The base's shape; `bias_compensation`: the ladder refits o_proj / down_proj biases."""
         get = c.get if isinstance(c, dict) else lambda k, d=None: getattr(c, k, d)
         hidden, heads = get("hidden_size"), get("num_attention_heads")
         model_type = get("model_type") or "llama"
@@ -48,7 +54,7 @@ class Arch:
             mlp=get("intermediate_size"), vocab=get("vocab_size"),
             tied=bool(get("tie_word_embeddings", False)),
             qkv_bias=model_type == "qwen2" or attention_bias, o_bias=model_type != "qwen2" and attention_bias,
-            mlp_bias=bool(get("mlp_bias", False)),
+            mlp_bias=bool(get("mlp_bias", False)), free_heads=free_heads(c, bias_compensation),
         )
 
 

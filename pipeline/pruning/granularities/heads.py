@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline.models.architecture import decoder_layers, heads_divide_hidden
+from pipeline.models.architecture import decoder_layers, heads_storable
 from pipeline.pruning.granularity import Granularity, register
 from pipeline.pruning.slicing import rows_of_heads, take_linear
 from pipeline.pruning.structure import Arch, Counts, Structure
@@ -65,8 +65,7 @@ class _Attention(Granularity):
         config.head_dim = arch.head_dim  # no longer hidden_size / num_attention_heads
 
     def loadable(self, counts: Counts, arch: Arch) -> bool:
-        return heads_divide_hidden(arch.model_type, counts.get("hidden", arch.hidden),
-                                   counts["kv_heads"] * counts["q_heads"])
+        return heads_storable(arch.free_heads, counts.get("hidden", arch.hidden), counts["kv_heads"] * counts["q_heads"])
 
 
 def _group_ordered(q_heads: list[int], group: int) -> list[int]:
@@ -100,8 +99,8 @@ class KVHeads(_Attention):
         n = self.count(s)
         return [("drop one KV group per layer", self.select(s, parent, n - 1, imp, arch))] if n > 1 else []
 
-    def flops(self, counts: Counts, arch: Arch, context: int) -> int:
-        return 2 * self.params(counts, arch)
+    def flops(self, counts: Counts, arch: Arch, context: int) -> int:  # weights only, as models/cost.py counts
+        return counts["layers"] * 2 * 2 * counts.get("hidden", arch.hidden) * arch.head_dim * counts["kv_heads"]
 
     def params(self, counts: Counts, arch: Arch) -> int:  # k_proj and v_proj
         width = arch.head_dim * counts["kv_heads"]

@@ -23,7 +23,7 @@ from pipeline.models.architecture import (
     ATTENTION,
     MLP,
     decoder_layers,
-    heads_divide_hidden,
+    heads_storable,
     norms,
 )
 from pipeline.pruning.granularities.mlp import step_to_land
@@ -58,7 +58,7 @@ class HiddenChannels(Granularity):
         unit = opts.multiple_of
         # The cut must leave a size transformers accepts with the current head count.
         def ok(k):
-            return heads_divide_hidden(arch.model_type, k, n_q)
+            return heads_storable(arch.free_heads, k, n_q)
         cut = step_to_land(n, opts.step("hidden", arch.hidden), unit,
                            lambda k: opts.cost(counts.replace(hidden=k)) if ok(k) else float("inf"), opts.limit)
         while cut is not None and n - cut >= unit and not ok(n - cut):
@@ -122,7 +122,7 @@ class HiddenChannels(Granularity):
         config.head_dim = arch.head_dim
 
     def loadable(self, counts: Counts, arch: Arch) -> bool:
-        return heads_divide_hidden(arch.model_type, counts["hidden"], counts["kv_heads"] * counts["q_heads"])
+        return heads_storable(arch.free_heads, counts["hidden"], counts["kv_heads"] * counts["q_heads"])
 
     def flops(self, counts: Counts, arch: Arch, context: int) -> int:
         return 2 * arch.vocab * counts["hidden"]  # lm_head, once per generated token

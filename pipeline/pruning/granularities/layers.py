@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline.models.architecture import decoder_layers
+from pipeline.models.architecture import decoder_layers, set_decoder_layers
 from pipeline.pruning.granularity import Granularity, register
 from pipeline.pruning.structure import Arch, Counts, Structure
 
@@ -66,7 +66,7 @@ def drop_layers(model: nn.Module, drop: list[int]) -> None:
     keep = [layer for i, layer in enumerate(decoder_layers(model)) if i not in gone]
     if not keep:
         raise ValueError("cannot drop every layer")
-    model.model.layers = nn.ModuleList(keep)
+    set_decoder_layers(model, keep)
     for i, layer in enumerate(keep):
         layer.self_attn.layer_idx = i  # the KV cache is indexed by position in the stack
     cfg = model.config
