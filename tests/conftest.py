@@ -52,13 +52,19 @@ def tiny_graph(tmp_path_factory) -> tuple[Path, list[str]]:
     dvc.yaml as DVC resolves it, in the repo root, with DVC_ROOT / DVC_STAGE / DVC_EXP_NAME set and
     W&B offline (runs in <root>/wandb). The base names a Hub base model, for the model cards.
     Returns the root and the stage names in the order they ran."""
+    root = tmp_path_factory.mktemp("tiny_graph")
+    return root, run_tiny_graph(root)
+
+
+def run_tiny_graph(root: Path, overrides: list[str] | None = None, wandb_mode: str = "offline") -> list[str]:
+    """Run every stage of dvc.yaml, in order, on the tiny preset with one rung (plus `overrides`)
+    in `root`; return the stage names in the order they ran."""
     from dvc.repo import Repo
 
-    root = tmp_path_factory.mktemp("tiny_graph")
     # Hidden-state router features: the tiny dense model is far cheaper than MiniLM here.
     raw = tiny_config(["~ladder.rungs.f80", "~ladder.rungs.wanda50", "~ladder.rungs.nm24",
                        "model.base_model=HuggingFaceTB/SmolLM2-135M-Instruct",
-                       "router.features=hidden_state", "router.epochs=20"])
+                       "router.features=hidden_state", "router.epochs=20", *(overrides or [])])
     write_params(root / "params.yaml", raw)
     shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
     Repo.init(str(root), no_scm=True).close()
@@ -66,7 +72,7 @@ def tiny_graph(tmp_path_factory) -> tuple[Path, list[str]]:
         stages = [(s.name, s.cmd) for s in repo.index.stages]
     mp = pytest.MonkeyPatch()
     mp.chdir(root)
-    for k, v in {"WANDB_MODE": "offline", "DVC_ROOT": str(root), "DVC_EXP_NAME": "exp-lineage",
+    for k, v in {"WANDB_MODE": wandb_mode, "DVC_ROOT": str(root), "DVC_EXP_NAME": "exp-lineage",
                  "WANDB_DATA_DIR": str(root / ".wandb-data"), "WANDB_CACHE_DIR": str(root / ".wandb-cache"),
                  "WANDB_CONFIG_DIR": str(root / ".wandb-config")}.items():
         mp.setenv(k, v)
@@ -78,4 +84,4 @@ def tiny_graph(tmp_path_factory) -> tuple[Path, list[str]]:
             importlib.import_module(words[2]).main(words[3:])
     finally:
         mp.undo()
-    return root, [n for n, _ in stages]
+    return [n for n, _ in stages]

@@ -111,9 +111,20 @@ class ModelConfig(Strict):
     # (`base_model`; a hub source defaults to its repo_id). None: unknown, left out of the card.
     license: str | None = None
     base_model: str | None = None
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    # Every stage that loads a model loads it in this dtype on this device
+    # (pipeline/models/loading.py). `auto`: the first CUDA GPU when torch sees one, else the CPU.
+    # Whether a requested GPU exists is checked at stage start (`loading.resolve_device`).
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "auto"
     smoke_prompt: str = "The capital of France is"
     smoke_tokens: Annotated[int, Field(ge=1, le=256)] = 16
+
+    @field_validator("device")
+    @classmethod
+    def _device_form(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
+            raise ValueError(f"got {v!r}; allowed: auto, cpu, cuda, cuda:N (N a GPU index)")
+        return v
 
 
 # --- data --------------------------------------------------------------------
