@@ -68,7 +68,7 @@ class Featurizer:
             dtype = DTYPES[placement.dtype or stored_dtype(self.model_dir)]
         model = AutoModel.from_pretrained(self.model_dir, dtype=dtype, use_safetensors=True)
         self.model = place(model, device).eval()
-        self.device = device
+        self.device = next(self.model.parameters()).device  # where it really is: inputs go there
 
     @property
     def dim(self) -> int:
