@@ -12,6 +12,7 @@ for the import. The figure is noisy (allocator, threads): keep it out of hashed 
 
 from __future__ import annotations
 
+import re
 import resource
 import sys
 
@@ -31,6 +32,8 @@ def resolve_device(spec: str):
     """`auto|cpu|cuda|cuda:N` -> a torch.device this machine has; DeviceError otherwise."""
     import torch
 
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", spec):
+        raise DeviceError(f"model.device={spec}: allowed: auto, cpu, cuda, cuda:N (N a GPU index)")
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec == "cpu":

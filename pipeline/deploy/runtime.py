@@ -100,9 +100,10 @@ class LadderRuntime:
                  device: str = "auto", dtype: str | None = None):
         """`device`: auto | cpu | cuda[:N]; `dtype`: float32 | bfloat16 | float16, or None for the
         dtype each rung is stored in (what its evaluation ran in)."""
-        from pipeline.common.device import resolve_device
+        if device != "auto" and device != "cpu":  # a missing GPU fails here, before any file is read
+            from pipeline.common.device import resolve_device
 
-        resolve_device(device)  # a missing GPU fails here, before any file is read
+            resolve_device(device)
         self._placement = SimpleNamespace(device=device, dtype=dtype)
         self.path = Path(manifest)
         self.manifest = load_manifest(self.path)
