@@ -36,8 +36,7 @@ from pipeline.common.config import (
     RandomSource,
 )
 from pipeline.models.checkpoint import check_checkpoint_files
-
-from pipeline.models.loading import DTYPES, to_device  # noqa: E402  (DTYPES: model.dtype -> torch dtype)
+from pipeline.models.loading import DTYPES, to_device  # DTYPES: model.dtype -> torch dtype (kept importable here)
 
 
 def _from_file_or_dir(path: Path, dtype: torch.dtype, load_model: bool = True):
