@@ -27,10 +27,11 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
     import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from pipeline.common.assets import sha256_file
     from pipeline.common.atomic import atomic_dir
+    from pipeline.models.loading import load_causal_lm, stored_dtype
     from pipeline.models.source import load_base
 
     with st.tracked() as tracker:
@@ -44,9 +45,9 @@ def main(argv: list[str] | None = None) -> None:
             tok.save_pretrained(tmp)
             del model  # the smoke test below must use what was written, not what is in memory
 
-            reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32, use_safetensors=True).eval()
+            reloaded = load_causal_lm(tmp, cfg.model)
             rtok = AutoTokenizer.from_pretrained(tmp)
-            ids = rtok(cfg.model.smoke_prompt, return_tensors="pt")
+            ids = rtok(cfg.model.smoke_prompt, return_tensors="pt").to(reloaded.device)
             with torch.no_grad():
                 gen = reloaded.generate(
                     **ids, max_new_tokens=cfg.model.smoke_tokens, do_sample=False,
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
                     "tie_word_embeddings": bool(getattr(c, "tie_word_embeddings", False)),
                 },
                 "num_parameters": sum(p.numel() for p in reloaded.parameters()),
-                "dtype": cfg.model.dtype,
+                # What the written safetensors really hold (their headers), not what was asked for.
+                "dtype": stored_dtype(tmp),
                 "seed": cfg.seed,
                 "smoke": {"prompt": cfg.model.smoke_prompt, "completion": completion},
                 "versions": {

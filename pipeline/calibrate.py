@@ -63,16 +63,15 @@ def _picture(imp, path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     st = begin("calibrate", _args, argv)
 
-    import torch
     from safetensors.torch import load_file, save_file
-    from transformers import AutoModelForCausalLM
 
     from pipeline.common.atomic import atomic_dir
+    from pipeline.models.loading import load_causal_lm
     from pipeline.pruning.importance import measure_importance, plain_forward
 
     args = st.args
     with st.tracked() as tracker:
-        model = AutoModelForCausalLM.from_pretrained(args.base, dtype=torch.float32, use_safetensors=True).eval()
+        model = load_causal_lm(args.base, st.cfg.model)
         blocks = load_file(str(Path(args.data) / "calibration.safetensors"))["input_ids"]
         tokens = blocks.numel()
 

@@ -100,23 +100,23 @@ def main(argv: list[str] | None = None) -> None:
     rung_dir = Path(args.ladder_dir) / args.rung
     out = Path(args.out or f"artifacts/eval/{args.rung}")
 
-    import torch
     from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from pipeline.common.atomic import atomic_dir
+    from pipeline.models.loading import load_causal_lm
     from pipeline.evaluation.items import read_items
     from pipeline.evaluation.scoring import encode_item, perplexity, score_choices
     from pipeline.models.card import card_with_results
     from pipeline.models.checkpoint import verify_rung
     from pipeline.models.cost import model_cost
-    from pipeline.models.measure import checkpoint_bytes, measure_speed, peak_rss_mb
+    from pipeline.models.measure import checkpoint_bytes, measure_speed, peak_memory, peak_rss_mb
 
     e = cfg.evaluate
     items = read_items(Path(args.data) / "tasks.jsonl")  # an empty or malformed task set fails here, named
     verify_rung(rung_dir)
     with st.tracked() as tracker:
-        model = AutoModelForCausalLM.from_pretrained(rung_dir, dtype=torch.float32, use_safetensors=True).eval()
+        model = load_causal_lm(rung_dir, cfg.model)
         tok = AutoTokenizer.from_pretrained(rung_dir)
         held = load_file(str(Path(args.data) / "heldout.safetensors"))["input_ids"]
         held_other = load_file(str(Path(args.data) / "heldout_other.safetensors"))["input_ids"]
@@ -144,6 +144,8 @@ def main(argv: list[str] | None = None) -> None:
             "tasks": task_metrics(records),
             "cost": {**cost, "checkpoint_bytes": checkpoint_bytes(rung_dir), **speed,
                      "peak_rss_mb": peak_rss_mb(),
+                     # accelerator memory when the rung ran on a GPU ('cuda'), else the RSS above ('rss')
+                     **dict(zip(("peak_memory_mb", "peak_memory_kind"), peak_memory())),
                      "unstructured_zeros_note": "zeros inside dense tensors run at dense speed on CPU"},
             "routing_cost": {"kind": e.routing_cost, "value": routing_cost,
                              "unit": "ms" if e.routing_cost == "latency" else "FLOPs/token"},

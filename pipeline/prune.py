@@ -81,13 +81,13 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         raise SystemExit(f"prune: {exc}") from None
 
-    import torch
     import yaml
     from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+    from transformers import AutoTokenizer, PreTrainedModel
 
     from pipeline.common.atomic import atomic_dir
     from pipeline.models.architecture import storable_model
+    from pipeline.models.loading import load_causal_lm
     from pipeline.models.card import base_facts, model_card
     from pipeline.models.checkpoint import file_digests
     from pipeline.models.cost import DEFAULT_CONTEXT, model_cost, module_sparsity
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     parent_dir = Path(args.base) if rung is None else Path(args.ladder_dir) / rung.parent
 
     with st.tracked() as tracker:
-        model = AutoModelForCausalLM.from_pretrained(parent_dir, dtype=torch.float32, use_safetensors=True).eval()
+        model = load_causal_lm(parent_dir, st.cfg.model)
         tok = AutoTokenizer.from_pretrained(args.base)
         recipe_out: dict = {"rung": name, "parent": rung.parent if rung else None, "steps": []}
         trace, cut_report, heal_report = [], None, None

@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> None:
         task = task_indices(o.tasks, tasks)
         harm = (~o.correct[:, candidates]) & o.correct[:, [0]]  # [N, C]: rung wrong, dense right
 
-        feat = Featurizer(rc.features, Path(args.ladder_dir) / "dense" if rc.features == "hidden_state" else None)
+        feat = Featurizer(rc.features, Path(args.ladder_dir) / "dense" if rc.features == "hidden_state" else None,
+                          placement=cfg.model)
         x = feat(texts, batch_size=1, progress=True).double().numpy()  # one at a time, as the runtime sees queries
         t0 = time.perf_counter()
         for t in texts[:20]:

@@ -58,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--items", help="a tasks.jsonl of queries to answer (e.g. artifacts/data/tasks.jsonl)")
     ap.add_argument("--split", choices=SPLITS, default=None, help="with --items: only this split")
     ap.add_argument("--limit", type=_count, default=None, help="with --items: answer at most this many")
+    ap.add_argument("--device", default="auto",
+                    help="auto (a GPU when torch sees one) | cpu | cuda | cuda:N")
+    ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                    help="default: each rung's stored dtype (what its evaluation ran in)")
     args = ap.parse_args(argv)
     given = [x for x in ("context", "request", "items") if getattr(args, x)]
     if len(given) != 1 or bool(args.context) != bool(args.choices):
@@ -67,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.task is not None and not args.context:
         ap.error("--task applies to --context (a --request carries its own \"task\", each of --items its own)")
     try:
-        rt = LadderRuntime(args.manifest)
+        rt = LadderRuntime(args.manifest, device=args.device, dtype=args.dtype)
         rt.check_strategy(args.strategy)
         if args.items:
             return _answer_items(rt, args)

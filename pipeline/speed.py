@@ -35,18 +35,17 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
     from tqdm import tqdm
-    from transformers import AutoModelForCausalLM
 
     from pipeline.common.atomic import atomic_write_json
+    from pipeline.models.loading import load_causal_lm
     from pipeline.models.measure import time_decode, time_forward
 
     with st.tracked() as tracker:
-        models = {r: AutoModelForCausalLM.from_pretrained(Path(args.ladder_dir) / r, dtype=torch.float32,
-                                                         use_safetensors=True).eval()
-                  for r in cfg.rungs}
+        models = {r: load_causal_lm(Path(args.ladder_dir) / r, cfg.model) for r in cfg.rungs}
         vocab = models["dense"].config.vocab_size
         g = torch.Generator().manual_seed(cfg.seed)
-        query = torch.randint(0, vocab, (1, c.prompt_tokens + c.scored_tokens), generator=g)
+        # Drawn on the CPU (the same ids on any device), then moved to where the rungs are.
+        query = torch.randint(0, vocab, (1, c.prompt_tokens + c.scored_tokens), generator=g).to(models["dense"].device)
         prompt = query[:, :c.prompt_tokens]
         times = {r: {"query_ms": [], "prefill_ms": [], "decode_ms_per_token": []} for r in cfg.rungs}
         rounds = c.speed.warmup + c.speed.repeats

@@ -41,11 +41,10 @@ def main(argv: list[str] | None = None) -> None:
     cfg, args = st.cfg, st.args
     ladder = cfg.ladder
 
-    import torch
     from safetensors.torch import load_file, save_file
-    from transformers import AutoModelForCausalLM
 
     from pipeline.common.atomic import atomic_dir
+    from pipeline.models.loading import load_causal_lm
     from pipeline.pruning.distill import captured_mass, teacher_topk
 
     data = Path(args.data)
@@ -60,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
                          f"{len(calib)} calibration blocks (data.calibration.num_blocks)")
     k = ladder.teacher.topk
     with st.tracked() as tracker:
-        model = AutoModelForCausalLM.from_pretrained(args.base, dtype=torch.float32, use_safetensors=True).eval()
+        model = load_causal_lm(args.base, cfg.model)
         t0 = time.perf_counter()
         sets = healing_sets(model, heal_blocks, n_val, k) if ladder.heal.enabled else {}
         sets["allocator"] = teacher_topk(model, calib[: ladder.allocator.eval_blocks], k, desc="teacher: allocator blocks")

@@ -46,9 +46,9 @@ def tiny_base(tmp_path_factory) -> Path:
     return tmp / "base"
 
 
-def run_tiny_graph(root: Path, overrides: list[str] | None = None) -> list[str]:
+def run_tiny_graph(root: Path, overrides: list[str] | None = None, wandb_mode: str = "offline") -> list[str]:
     """Run every stage of dvc.yaml in `root` as DVC runs it: each stage's own `cmd` from dvc.yaml as
-    DVC resolves it, with DVC_ROOT / DVC_STAGE / DVC_EXP_NAME set and W&B offline (runs in
+    DVC resolves it, with DVC_ROOT / DVC_STAGE / DVC_EXP_NAME set and W&B in `wandb_mode` (offline: runs in
     <root>/wandb), on the tiny preset plus `overrides`. Returns the stage names in the order they ran."""
     from dvc.repo import Repo
 
@@ -59,7 +59,7 @@ def run_tiny_graph(root: Path, overrides: list[str] | None = None) -> list[str]:
         stages = [(s.name, s.cmd) for s in repo.index.stages]
     mp = pytest.MonkeyPatch()
     mp.chdir(root)
-    for k, v in {"WANDB_MODE": "offline", "DVC_ROOT": str(root), "DVC_EXP_NAME": "exp-lineage",
+    for k, v in {"WANDB_MODE": wandb_mode, "DVC_ROOT": str(root), "DVC_EXP_NAME": "exp-lineage",
                  "WANDB_DATA_DIR": str(root / ".wandb-data"), "WANDB_CACHE_DIR": str(root / ".wandb-cache"),
                  "WANDB_CONFIG_DIR": str(root / ".wandb-config")}.items():
         mp.setenv(k, v)

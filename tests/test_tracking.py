@@ -91,16 +91,19 @@ def test_one_run_per_stage_named_by_rung(offline_runs):
         assert (rung is not None) == ("@" in r.name)
         if rung:
             assert r.name.split("@")[1].startswith(rung) and r.summary["rung"] == rung
+        # every stage reports its peak memory (RSS here: no GPU)
+        assert r.summary["peak_memory_kind"] == "rss" and r.summary["peak_memory_mb"] > 0, r.name
 
 
 def test_run_config_is_the_stage_slice_plus_rung(offline_runs):
     runs, _ = offline_runs
     ev = _run(runs, "evaluate@mixed-exp-lineage").config
-    assert set(ev) == {"seed", "evaluate", "rung", "dvc_stage"} and ev["dvc_stage"] == "evaluate@mixed"
+    assert set(ev) == {"seed", "model", "evaluate", "rung", "dvc_stage"} and ev["dvc_stage"] == "evaluate@mixed"
+    assert ev["model"] == {"dtype": "float32"}
     assert ev["evaluate"]["routing_prompt_length"] == 32  # the tiny preset's value
     pr = _run(runs, "prune@mixed-exp-lineage").config
     assert set(pr) == {"seed", "model", "ladder", "rung", "dvc_stage"}
-    assert set(pr["model"]) == {"smoke_prompt", "smoke_tokens"}
+    assert set(pr["model"]) == {"dtype", "smoke_prompt", "smoke_tokens"}
     assert set(pr["ladder"]) == {"rungs", "allocator", "compensation", "heal", "weight_calibration_blocks"}
     assert set(pr["ladder"]["rungs"]) == {"mixed"}  # its own rung's spec only
     assert set(_run(runs, "base-exp-lineage").config) == {"seed", "model", "rung", "dvc_stage"}

@@ -119,13 +119,24 @@ class ModelConfig(Strict):
     # (`base_model`; a hub source defaults to its repo_id). None: unknown, left out of the card.
     license: str | None = None
     base_model: str | None = None
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    # Every stage that loads a model loads it in this dtype on this device
+    # (pipeline/models/loading.py). `auto`: the first CUDA GPU when torch sees one, else the CPU.
+    # Whether a requested GPU exists is checked at stage start (`loading.resolve_device`).
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "auto"
     smoke_prompt: str = "The capital of France is"
     smoke_tokens: Annotated[int, Field(ge=1, le=256)] = 16
     # Largest safetensors file the base and every rung are written in (save_pretrained's
     # `max_shard_size`): above it, `model-0000i-of-0000N.safetensors` plus
     # `model.safetensors.index.json`. 5GB, the Hub's usual size: one file up to a ~1B fp32 model.
     max_shard_size: Annotated[str, Field(pattern=r"^[1-9][0-9]*(KB|MB|GB|KiB|MiB|GiB)$")] = "5GB"
+
+    @field_validator("device")
+    @classmethod
+    def _device_form(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
+            raise ValueError(f"got {v!r}; allowed: auto, cpu, cuda, cuda:N (N a GPU index)")
+        return v
 
 
 # --- data --------------------------------------------------------------------

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 from pipeline.common.config import Config, ConfigError, load_config
+from pipeline.common.device import peak_memory
 
 log = logging.getLogger("ladder")
 
@@ -46,13 +47,16 @@ class Stage:
         try:
             yield tracker
             ok = True
+            mb, kind = peak_memory()
+            tracker.summary({"peak_memory_mb": round(mb, 1), "peak_memory_kind": kind})
         finally:
             tracker.finish(ok)
 
     def done(self, read: str, wrote: str) -> None:
         """The one log line per stage: what it read and what it wrote."""
         secs = time.perf_counter() - self.started
-        log.info("%s: read %s; wrote %s (%.1fs)", self.name, read, wrote, secs)
+        mb, kind = peak_memory()
+        log.info("%s: read %s; wrote %s (%.1fs, peak memory %.0f MB %s)", self.name, read, wrote, secs, mb, kind)
 
 
 def begin(name: str, add_args=None, argv: list[str] | None = None) -> Stage:
@@ -69,6 +73,7 @@ def begin(name: str, add_args=None, argv: list[str] | None = None) -> Stage:
     except ConfigError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    check_device(name, cfg)
     from pipeline.common.atomic import check_writable, sweep_stale
 
     # AssetErrors from here on reach the caller as such; run as a script, the hook prints one line.
@@ -134,6 +139,19 @@ def stage_inputs(name: str, args: argparse.Namespace, cfg: Config) -> list[Path]
     elif name == "router" and cfg.router.features == "hidden_state":
         paths = [ladder and ladder / "dense"]
     return [x for x in paths if x is not None]
+
+
+def check_device(name: str, cfg: Config) -> None:
+    """A requested GPU must exist, checked before any work (torch is imported only to check one)."""
+    if not cfg.model.device.startswith("cuda"):
+        return  # cpu, or auto: whatever this machine has
+    from pipeline.common.device import DeviceError, resolve_device
+
+    try:
+        resolve_device(cfg.model.device)
+    except DeviceError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def check_inputs(paths: list[Path]) -> None:

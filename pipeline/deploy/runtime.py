@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 from pipeline.common.assets import AssetError, sha256_file
 from pipeline.common.config import ServeConfig
@@ -95,7 +96,15 @@ def _finite_or_none(x) -> bool:
 
 
 class LadderRuntime:
-    def __init__(self, manifest: str | Path = "artifacts/manifest.yaml", limits: ServeConfig | None = None):
+    def __init__(self, manifest: str | Path = "artifacts/manifest.yaml", limits: ServeConfig | None = None,
+                 device: str = "auto", dtype: str | None = None):
+        """`device`: auto | cpu | cuda[:N]; `dtype`: float32 | bfloat16 | float16, or None for the
+        dtype each rung is stored in (what its evaluation ran in)."""
+        if device != "auto" and device != "cpu":  # a missing GPU fails here, before any file is read
+            from pipeline.common.device import resolve_device
+
+            resolve_device(device)
+        self._placement = SimpleNamespace(device=device, dtype=dtype)
         self.path = Path(manifest)
         self.manifest = load_manifest(self.path)
         self.root = self.path.parent
@@ -272,15 +281,17 @@ class LadderRuntime:
 
     def _model(self, name: str):
         if name not in self._models:
-            import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            from transformers import AutoTokenizer
+
+            from pipeline.models.loading import load_causal_lm, stored_dtype
 
             path = self._rung_dirs[name]
             digests = self.manifest.rung(name).files_sha256
             extra = {p.name for p in path.iterdir()} - set(digests) - DOCUMENTATION if path.is_dir() else set()
             if extra or not self._unchanged([path / f for f in digests]):
                 self._check_rung(name)  # something moved since start-up: check again before loading
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True).eval()
+            dtype = self._placement.dtype or stored_dtype(path)
+            model = load_causal_lm(path, self._placement, dtype=dtype)
             self._models[name] = (model, AutoTokenizer.from_pretrained(path))
         return self._models[name]
 
@@ -343,7 +354,8 @@ class LadderRuntime:
             kind = meta["features"]["kind"]
             if kind == "hidden_state":
                 self._check_rung("dense")
-            self._router = (model, meta, Featurizer(kind, self._rung_dirs["dense"] if kind == "hidden_state" else None))
+            self._router = (model, meta, Featurizer(kind, self._rung_dirs["dense"] if kind == "hidden_state" else None,
+                                                   placement=self._placement))
         return self._router
 
     def _route(self, req: Request, threshold: float | None) -> tuple[str, dict[str, float]]:

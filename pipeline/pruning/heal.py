@@ -13,6 +13,17 @@ and from every task item. What it may change:
 A token budget fixes the number of steps; the learning rate warms up linearly then follows a
 cosine to a tenth of its peak; every `eval_every` steps the KL on held-out healing blocks is
 measured, the best state is kept, and training stops after `patience` checks without improvement.
+
+Memory (how healing fits an 8B student on one 80 GB GPU; arithmetic in docs/notes/s13-dtype.md):
+- no teacher in memory: its top-k log-probabilities were cached once by the `teacher` stage;
+- the student trains in its own dtype (`model.dtype`): weights, gradients and both AdamW moments
+  are bf16 when the model is (torch's AdamW keeps its state in the parameter's dtype), 8 bytes
+  per trainable parameter, and there is no float32 master copy;
+- the embeddings (and an untied `lm_head`) are frozen: no gradient or optimiser state for them;
+- the best state so far is kept in host memory, not next to the model on the GPU.
+The price of pure-bf16 AdamW: an update smaller than ~1/256 of a weight rounds away. At the
+short, small-lr healing runs here that slows healing rather than breaking it; it has not been
+measured on a GPU.
 """
 
 from __future__ import annotations
@@ -70,7 +81,7 @@ def heal(model: nn.Module, train: dict[str, torch.Tensor], val: dict[str, torch.
     t0 = time.perf_counter()
     best_kl = check(0)
     curve = [{"step": 0, "tokens": 0, "val_kl": best_kl}]
-    best_state = {n: p.detach().clone() for n, p in params.items()}
+    best_state = {n: p.detach().to("cpu", copy=True) for n, p in params.items()}  # host memory
     best_step, since_best, running = 0, 0, []
     model.train()
     bar = tqdm(range(steps), desc="heal (distil from dense)", unit="step")
@@ -95,7 +106,7 @@ def heal(model: nn.Module, train: dict[str, torch.Tensor], val: dict[str, torch.
             bar.set_postfix(val_kl=f"{kl:.4f}")
             if kl < best_kl - 1e-6:
                 best_kl, best_step, since_best = kl, step + 1, 0
-                best_state = {n: p.detach().clone() for n, p in params.items()}
+                best_state = {n: p.detach().to("cpu", copy=True) for n, p in params.items()}
             else:
                 since_best += 1
                 if since_best >= cfg.patience:

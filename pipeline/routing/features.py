@@ -39,8 +39,14 @@ def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class Featurizer:
     """Turns query texts into feature vectors; one instance per feature kind, loaded once."""
 
-    def __init__(self, kind: str, model_dir: str | Path | None = None):
+    def __init__(self, kind: str, model_dir: str | Path | None = None, placement=None):
+        """`placement`: an object with `device` and `dtype` (the `model` config): hidden-state
+        features run the dense model as every stage does; MiniLM stays float32 (a 22M encoder
+        whose embeddings the router was trained on) but runs on the same device. None: CPU, float32."""
         from transformers import AutoModel, AutoTokenizer
+
+        from pipeline.common.device import resolve_device
+        from pipeline.models.loading import DTYPES, place, stored_dtype
 
         self.kind = kind
         if kind == "minilm":
@@ -56,8 +62,13 @@ class Featurizer:
         self.tok = AutoTokenizer.from_pretrained(self.model_dir)
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
-        model = AutoModel.from_pretrained(self.model_dir, dtype=torch.float32, use_safetensors=True).eval()
-        self.model = model
+        device = resolve_device(placement.device) if placement is not None else torch.device("cpu")
+        dtype = torch.float32
+        if placement is not None and kind == "hidden_state":  # dtype None (serve): as the dense rung is stored
+            dtype = DTYPES[placement.dtype or stored_dtype(self.model_dir)]
+        model = AutoModel.from_pretrained(self.model_dir, dtype=dtype, use_safetensors=True)
+        self.model = place(model, device).eval()
+        self.device = next(self.model.parameters()).device  # where it really is: inputs go there
 
     @property
     def dim(self) -> int:
@@ -70,10 +81,10 @@ class Featurizer:
                       disable=not progress):
             # One query per row, padded on the right; pooling ignores the padding.
             enc = self.tok(texts[s:s + batch_size], padding=True, truncation=True, max_length=self.max_tokens,
-                           return_tensors="pt")
-            hidden = self.model(**enc).last_hidden_state
+                           return_tensors="pt").to(self.device)
+            hidden = self.model(**enc).last_hidden_state.float()  # pool in float32 whatever the model's dtype
             pooled = _mean_pool(hidden, enc["attention_mask"])
             if self.kind == "minilm":
                 pooled = torch.nn.functional.normalize(pooled, dim=-1)
-            out.append(pooled)
+            out.append(pooled.cpu())  # the router trains and predicts on the CPU
         return torch.cat(out) if out else torch.zeros(0, self.dim)
