@@ -4,10 +4,8 @@ gives is a command that runs as written. On the tiny preset, in a temporary copy
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import time

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from pipeline.common.atomic import STALL_ENV, OutputError, atomic_dir, check_writable, stale_leftovers, sweep_stale
-from tests.conftest import REPO, tiny_config, write_params
+from tests.conftest import REPO, write_params
 
 
 def _dead_pid() -> int:
