@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from pipeline.common.assets import sha256_file
     from pipeline.common.atomic import atomic_dir
+    from pipeline.models.checkpoint import save_tokenizer
     from pipeline.models.loading import load_causal_lm, stored_dtype
     from pipeline.models.source import load_base
 
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
             model.save_pretrained(tmp, safe_serialization=True, max_shard_size=cfg.model.max_shard_size)
             # Cleanup mangles BPE spacing (transformers warns on every load otherwise).
             tok.clean_up_tokenization_spaces = False
-            tok.save_pretrained(tmp)
+            save_tokenizer(tok, tmp)
             del model  # the smoke test below must use what was written, not what is in memory
 
             reloaded = load_causal_lm(tmp, cfg.model)

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.models.architecture import storable_model
     from pipeline.models.loading import load_causal_lm
     from pipeline.models.card import base_facts, model_card
-    from pipeline.models.checkpoint import file_digests
+    from pipeline.models.checkpoint import file_digests, save_tokenizer
     from pipeline.models.cost import DEFAULT_CONTEXT, model_cost, module_sparsity
     from pipeline.pruning.allocator import allocate, counts_cost, kl_loss, lm_loss
     from pipeline.pruning.cut import cut_to
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
             # save_pretrained to write its own recipe and compression config.
             PreTrainedModel.save_pretrained(model, tmp, safe_serialization=True,
                                             max_shard_size=st.cfg.model.max_shard_size)
-            tok.save_pretrained(tmp)
+            save_tokenizer(tok, tmp)
             report["files_sha256"] = file_digests(tmp)  # every file a loader reads: checked downstream
             (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe_out, sort_keys=False))
             (tmp / "pruning_report.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -61,3 +61,19 @@ def test_a_report_from_before_file_digests_says_how_to_rebuild(sharded, tmp_path
     (d / "pruning_report.json").write_text(json.dumps({"rung": "f50", "weights_sha256": {}}))
     with pytest.raises(AssetError, match=r"records no files_sha256 .*rebuild it with `dvc repro prune@f50`"):
         verify_rung(d)
+
+
+def test_saved_tokenizers_do_not_record_the_shell_they_were_loaded_in(tiny_base, tmp_path):
+    # transformers copies `local_files_only` (set from HF_HUB_OFFLINE) into tokenizer_config.json;
+    # left in, a rung built from another shell hashes differently and DVC reruns what follows.
+    from transformers import AutoTokenizer
+
+    from pipeline.models.checkpoint import save_tokenizer
+
+    assert "local_files_only" not in json.loads((tiny_base / "tokenizer_config.json").read_text())
+    plain, ours = tmp_path / "plain", tmp_path / "ours"
+    AutoTokenizer.from_pretrained(tiny_base, local_files_only=True).save_pretrained(plain)
+    assert json.loads((plain / "tokenizer_config.json").read_text())["local_files_only"] is True  # the leak
+    save_tokenizer(AutoTokenizer.from_pretrained(tiny_base, local_files_only=True), ours)
+    assert "local_files_only" not in json.loads((ours / "tokenizer_config.json").read_text())
+    assert (ours / "tokenizer.json").read_bytes() == (plain / "tokenizer.json").read_bytes()

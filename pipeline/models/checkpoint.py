@@ -40,6 +40,19 @@ def shown(path: str | Path) -> str:
     return rel if not rel.startswith("..") else str(Path(path).resolve())
 
 
+# Loader arguments transformers copies into tokenizer_config.json that describe the shell a stage
+# ran in, not the tokenizer (`local_files_only` follows HF_HUB_OFFLINE): left in, the same build
+# from two shells hashes differently and DVC reruns everything downstream.
+ENVIRONMENT_KWARGS = ("local_files_only", "cache_dir", "force_download", "proxies", "token")
+
+
+def save_tokenizer(tok, directory: str | Path) -> None:
+    """Write `tok` into a checkpoint directory, without the loading environment's arguments."""
+    for key in ENVIRONMENT_KWARGS:
+        tok.init_kwargs.pop(key, None)
+    tok.save_pretrained(directory)
+
+
 def file_digests(rung_dir: str | Path) -> dict[str, str]:
     """sha256 of every file a loader may read in a checkpoint directory, by file name."""
     rung_dir = Path(rung_dir)
