@@ -173,12 +173,15 @@ class Tracker:
         config = (config_slice(cfg, self.lineage.params) if self.lineage is not None
                   else cfg.model_dump(mode="json"))  # run by hand: no stage to slice by
         label = f"{stage}@{rung}" if rung else stage
-        os.makedirs(t.dir, exist_ok=True)
+        # Absolute: W&B's service process outlives the first run and may resolve a relative dir
+        # against its own working directory, not this stage's.
+        run_dir = os.path.abspath(t.dir)
+        os.makedirs(run_dir, exist_ok=True)
         self.run = wandb.init(
             project=t.project,
             entity=t.entity,
             mode=mode,
-            dir=t.dir,
+            dir=run_dir,
             group=run_group(cfg),
             job_type=stage,
             name=f"{label}-{run_group(cfg)}",
