@@ -103,7 +103,7 @@ def test_run_config_is_the_stage_slice_plus_rung(offline_runs):
     assert ev["evaluate"]["routing_prompt_length"] == 32  # the tiny preset's value
     pr = _run(runs, "prune@mixed-exp-lineage").config
     assert set(pr) == {"seed", "model", "ladder", "rung", "dvc_stage"}
-    assert set(pr["model"]) == {"dtype", "smoke_prompt", "smoke_tokens"}
+    assert set(pr["model"]) == {"dtype", "smoke_prompt", "smoke_tokens", "max_shard_size"}
     assert set(pr["ladder"]) == {"rungs", "allocator", "compensation", "heal", "weight_calibration_blocks"}
     assert set(pr["ladder"]["rungs"]) == {"mixed"}  # its own rung's spec only
     assert set(_run(runs, "base-exp-lineage").config) == {"seed", "model", "rung", "dvc_stage"}
