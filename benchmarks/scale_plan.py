@@ -45,6 +45,7 @@ GPU = {
     "mfu_forward": 0.40,               # assumed utilisation of batched bf16 forward passes (B x 256 tokens)
     "mfu_fp64": 0.50,                  # assumed utilisation of fp64 Gram / solve (large GEMMs, LU)
     "bandwidth_utilisation": 0.70,     # assumed share of HBM bandwidth reached by batch-1 decode
+    "host_to_device_gb_per_s": 20.0,   # assumed PCIe Gen5 x16 copy rate from pageable host memory
 }
 BYTES = {"bf16": 2, "fp32": 4, "fp64": 8}
 DISK_GB_PER_S = 1.0  # assumed NVMe write/read for checkpoints (this machine's figure is printed too)
@@ -55,6 +56,7 @@ WORK = {
     "teacher_tokens": 8 * 256,                # ladder.allocator.eval_blocks (healing off: no heal set)
     "allocator_eval_tokens": 8 * 256,         # per candidate
     "allocator_gram_tokens": 16 * 256,        # ladder.allocator.gram_blocks
+    "allocator_refit_cache_gb": 4.0,          # ladder.allocator.refit_cache_gb
     "compensation_tokens": 32 * 256,          # ladder.compensation.blocks
     "heal_tokens": 65536,                     # ladder.heal.tokens (off by default)
     "eval_tokens_per_rung": 175_000 + 16_000,  # README: scored + perplexity tokens per rung
@@ -288,20 +290,28 @@ def project(m: dict, build: Path | None) -> dict:
     add("teacher", weights_gb + logits_gb(8 * 256), forward(WORK["teacher_tokens"]) + io,
         "allocator blocks' top-k distribution (healing off)")
     add("prune@dense", weights_gb, io + sha, "copy of the base written as rung 0")
-    for r, parent in WORK["parents"].items():
-        prel = WORK["rungs"][parent]
-        cand = candidates * (forward(WORK["allocator_eval_tokens"], prel) + t["layers"] * comp_layer(0) / 2)
-        grams = forward(WORK["allocator_gram_tokens"], prel) + t["layers"] * comp_layer(WORK["allocator_gram_tokens"])
-        cut = 2 * forward(WORK["compensation_tokens"], prel) + t["layers"] * comp_layer(WORK["compensation_tokens"])
-        mem = weights_gb * prel + grams_all_layers_gb + 4 * layer_gb
-        add(f"prune@{r}", mem, io + grams + cand + cut + sha,
-            f"{candidates} allocator candidates x {WORK['allocator_eval_tokens']} tokens on the parent "
-            f"({prel:.2f}x FLOPs) + compensation: fp64 Grams {grams_all_layers_gb:.0f} GB for all layers at once "
-            f"(allocator), LU of 7168^2 per down_proj")
-    # The allocator's cache of refitted consumer weights: a full-size o_proj / down_proj per layer, consumer
-    # and kept set, never evicted. Width moves (KV, q, MLP) change the kept set of every layer.
+    # The allocator's cache of refitted consumer weights: a full-size o_proj / down_proj per layer,
+    # consumer and kept set. Width moves (KV, q, MLP) change the kept set of every layer. The cache
+    # always keeps the accepted structure's and the round's best candidate's entries, plus up to
+    # `ladder.allocator.refit_cache_gb` of others (pipeline/pruning/allocator.py, RefitCache).
     refit_entry_gb = (t["hidden"] * t["heads"] * t["head_dim"] * 2 + t["hidden"] * t["mlp"]) * BYTES["bf16"] / gb
     refit_cache_per_round_gb = t["layers"] * refit_entry_gb
+    refit_cache_gb = 2 * refit_cache_per_round_gb + WORK["allocator_refit_cache_gb"]
+    # One refit's working set on the GPU: its Gram (copied from the host), fp64 weight and solve.
+    down_gram_gb = (t["mlp"] + 1) ** 2 * 8 / gb
+    refit_work_gb = down_gram_gb + t["hidden"] * t["mlp"] * 8 * 3 / gb + (t["mlp"] // 2) ** 2 * 8 / gb
+    gram_copy_s = grams_all_layers_gb / GPU["host_to_device_gb_per_s"]  # every layer's Grams, once per width candidate
+    for r, parent in WORK["parents"].items():
+        prel = WORK["rungs"][parent]
+        cand = candidates * (forward(WORK["allocator_eval_tokens"], prel) + t["layers"] * comp_layer(0) / 2 + gram_copy_s)
+        grams = forward(WORK["allocator_gram_tokens"], prel) + t["layers"] * comp_layer(WORK["allocator_gram_tokens"])
+        cut = 2 * forward(WORK["compensation_tokens"], prel) + t["layers"] * comp_layer(WORK["compensation_tokens"])
+        mem = weights_gb * prel + refit_cache_gb + refit_work_gb + logits_gb(8 * 256) + 4 * layer_gb
+        add(f"prune@{r}", mem, io + grams + cand + cut + sha,
+            f"{candidates} allocator candidates x {WORK['allocator_eval_tokens']} tokens on the parent "
+            f"({prel:.2f}x FLOPs); fp64 Grams of all layers ({grams_all_layers_gb:.0f} GB) in host memory "
+            f"(gram_store=auto), copied in per refit ({gram_copy_s:.1f} s per width candidate); refit cache "
+            f"<= {refit_cache_gb:.1f} GB; LU of 7168^2 per down_proj")
     add("prune@f90, compensate=false", weights_gb + 2 * (t["mlp"] + 1) ** 2 * 8 / gb + 4 * layer_gb,
         io + t["layers"] * comp_layer(WORK["compensation_tokens"]) + 2 * forward(WORK["compensation_tokens"])
         + candidates * forward(WORK["allocator_eval_tokens"]) + sha,
@@ -329,6 +339,7 @@ def project(m: dict, build: Path | None) -> dict:
             "flops_per_token": fwd_flops_tok, "allocator_candidates": candidates,
             "allocator_candidates_measured": measured_candidates, "stages": stages,
             "allocator_grams_gb": grams_all_layers_gb, "allocator_refit_cache_gb_per_round": refit_cache_per_round_gb,
+            "allocator_refit_cache_gb": refit_cache_gb, "allocator_host_memory_gb": grams_all_layers_gb + 2 * weights_gb,
             "total_seconds_without_heal": total, "refit_down_proj_cpu_fp64_seconds_extrapolated":
                 m["compensation"]["refit_seconds"] * ratio["refit_down_proj_flops"],
             "refit_down_proj_gpu_fp64_seconds": gpu_seconds(refit_flops(t["mlp"], t["hidden"]), fp64=True)}
@@ -376,8 +387,9 @@ def main() -> None:
     print(f"  one down_proj refit (keep 7168 of 14336): ~{p['refit_down_proj_cpu_fp64_seconds_extrapolated']:.0f} s on this "
           f"CPU by FLOP ratio, ~{p['refit_down_proj_gpu_fp64_seconds']:.2f} s on the GPU's fp64 units")
     print(f"  allocator (compensate=true): fp64 Grams of every layer's o_proj and down_proj inputs "
-          f"{p['allocator_grams_gb']:.1f} GB, plus its never-evicted refit cache, ~{p['allocator_refit_cache_gb_per_round']:.1f} GB "
-          "per width move accepted (not in the table's memory column)")
+          f"{p['allocator_grams_gb']:.1f} GB (host memory, gram_store=auto); refit cache ~{p['allocator_refit_cache_gb_per_round']:.1f} GB "
+          f"per structure, at most {p['allocator_refit_cache_gb']:.1f} GB (accepted + best candidate + refit_cache_gb); "
+          f"prune's host memory ~{p['allocator_host_memory_gb']:.0f} GB (the Grams and loading the parent)")
     print(f"\n  {'stage':<28} {'GPU memory GB':>13} {'time s':>9}  how")
     for x in p["stages"]:
         print(f"  {x['stage']:<28} {x['memory_gb']:>13.1f} {x['seconds']:>9.1f}  {x['how']}")

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pipeline.pruning.allocator import allocate, cost_fn, kl_loss
+from pipeline.pruning.allocator import Emulator, RefitCache, allocate, cost_fn, gram_store, kl_loss
+from pipeline.pruning.compensation import GramHook
 from pipeline.pruning.distill import teacher_topk
 from pipeline.pruning.granularity import Granularity, register, unregister
 from pipeline.pruning.importance import measure_importance
@@ -17,7 +18,7 @@ from tests.test_structured import BLOCKS, tiny
 CTX = 16  # attention scores at a 256-token context would dominate this tiny model's FLOPs
 OPTS = dict(granularities=["layers", "hidden", "kv_heads", "q_heads", "mlp"], layer_metric="block_influence",
             layer_candidates=2, mlp_step=0.25, hidden_step=0.25, multiple_of=2, tolerance=0.01,
-            compensate=True, damping=0.01)
+            compensate=True, damping=0.01, gram_store="auto", refit_cache_gb=4.0)
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +97,74 @@ def test_unknown_granularity_is_refused_naming_the_key(setup):
     cfg = SimpleNamespace(**{**OPTS, "granularities": ["mlp", "experts"]})
     with pytest.raises(ValueError, match=r"ladder.allocator.granularities: unknown \['experts'\]"):
         allocate(m, Structure.dense(arch), imp, arch, cfg, 0.9, "flops", kl_loss(cache), BLOCKS, CTX)
+
+
+# Memory at scale: an 8B model's candidate Grams (57 GB) and refits must not pile up on one GPU.
+
+
+def test_a_bounded_refit_cache_changes_nothing_but_what_it_keeps(setup):
+    """With no room at all, only the accepted structure's and the round's best candidate's refits
+    stay cached, and the allocation is exactly the one an unbounded cache gives."""
+    m, imp, arch, cache = setup
+    runs = {}
+    for gb in (4.0, 0.0):
+        cfg = SimpleNamespace(**{**OPTS, "refit_cache_gb": gb})
+        seen = {}
+        real = Emulator.__init__
+
+        def spy(self, *a, **k):
+            real(self, *a, **k)
+            seen["emulator"] = self
+
+        Emulator.__init__ = spy
+        try:
+            runs[gb] = allocate(m, Structure.dense(arch), imp, arch, cfg, 0.55, "flops", kl_loss(cache), BLOCKS, CTX)
+        finally:
+            Emulator.__init__ = real
+        runs[gb, "cache"] = seen["emulator"].cache
+    assert runs[0.0].trace == runs[4.0].trace and runs[0.0].structure.to_json() == runs[4.0].structure.to_json()
+    bounded, unbounded = runs[0.0, "cache"], runs[4.0, "cache"]
+    held = set().union(*bounded.held.values())
+    assert held and set(bounded.entries) <= held  # nothing else survives a zero budget
+    assert len(unbounded.entries) > len(bounded.entries)  # so the bound did evict
+
+
+def test_refit_cache_evicts_least_recently_used_and_never_what_is_held():
+    c = RefitCache(max_bytes=2 * 4 * 4)  # room for two 4-float tensors
+    made = []
+
+    def make(v):
+        return lambda: made.append(v) or torch.full((4,), float(ord(v)))
+
+    for k in "abc":
+        c.get(k, make(k))
+    assert list(c.entries) == ["b", "c"]  # "a" was least recently used
+    c.get("b", make("b"))  # a hit: no rebuild, and "b" becomes most recent
+    assert made == ["a", "b", "c"]
+    c.hold("current", ["c"])
+    c.get("d", make("d"))
+    assert list(c.entries) == ["c", "d"]  # "b" went although "c" was older: "c" is held
+    c.hold("best", ["d"])
+    c.get("e", make("e"))
+    assert set(c.entries) == {"c", "d"}  # the newest entry goes when everything else is held
+
+
+def test_gram_matrices_go_to_host_memory_when_they_would_fill_the_gpu(monkeypatch):
+    gpu = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (80e9, 80e9))
+    assert gram_store(gpu, 57e9, "auto") == torch.device("cpu")  # an 8B model's 57 GB
+    assert gram_store(gpu, 1e9, "auto") == gpu
+    assert gram_store(gpu, 1e9, "host") == torch.device("cpu")
+    assert gram_store(gpu, 57e9, "device") == gpu
+    cpu = torch.device("cpu")
+    assert gram_store(cpu, 57e9, "auto") == cpu
+
+
+def test_a_gram_hook_accumulates_where_it_is_told():
+    lin = torch.nn.Linear(3, 2)
+    default, meta = GramHook(lin, stop=False), GramHook(lin, stop=False, store=torch.device("meta"))
+    lin(torch.randn(5, 3))
+    lin(torch.randn(4, 3))
+    assert default.result().device.type == "cpu" and default.count == 9
+    g = meta.result()
+    assert g.device.type == "meta" and g.shape == (4, 4) and g.dtype == torch.float64

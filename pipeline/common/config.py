@@ -343,6 +343,8 @@ class AllocatorConfig(Strict):
     eval_blocks: PositiveInt = 8  # calibration blocks each candidate cut is scored on
     gram_blocks: PositiveInt = 16  # calibration blocks for the candidates' least-squares refits
     compensate: bool = True  # score candidates with their consumer projections refitted
+    gram_store: Literal["auto", "device", "host"] = "auto"  # auto: host when the Grams would fill the GPU
+    refit_cache_gb: Annotated[float, Field(ge=0.0)] = 4.0  # refitted candidates kept for reuse
     layer_candidates: PositiveInt = 3  # lowest-scoring layers tried per layer move
     layer_metric: Literal["block_influence", "angular_distance"] = "block_influence"
     mlp_step: Annotated[float, Field(gt=0.0, le=0.5)] = 0.0625  # share of base MLP width per move

@@ -17,6 +17,7 @@ nothing else is left, so a budget rung lands within `tolerance` of its target.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -63,50 +64,109 @@ def cost_fn(arch: Arch, measure: str, context: int):
     return lambda c: total_params(c, arch) / ref
 
 
+def gram_store(device: torch.device, nbytes: int, setting: str) -> torch.device:
+    """Where the allocator keeps its Gram matrices: on `device`, on the `host`, or (`auto`) on the
+    device unless they would take more than a quarter of its free memory (an 8B model's are 57 GB)."""
+    if setting == "host":
+        return torch.device("cpu")
+    if setting == "auto" and device.type == "cuda" and nbytes > 0.25 * torch.cuda.mem_get_info(device)[0]:
+        return torch.device("cpu")
+    return device
+
+
+class RefitCache:
+    """Refitted consumer weights by (layer, consumer, kept inputs), least recently used first out
+    past `max_bytes`. Entries of the structures the allocator holds (the accepted one and the best
+    candidate of the round) are never evicted: it is sure to need them again. Eviction only costs
+    time: an entry is a deterministic function of its key."""
+
+    def __init__(self, max_bytes: float):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self.entries: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self.held: dict[str, set[tuple]] = {}
+
+    def get(self, key: tuple, make) -> torch.Tensor:
+        if key in self.entries:
+            self.entries.move_to_end(key)
+            return self.entries[key]
+        value = self.entries[key] = make()
+        self.bytes += value.nbytes
+        self._evict()
+        return value
+
+    def hold(self, role: str, keys) -> None:
+        self.held[role] = set(keys)
+        self._evict()
+
+    def _evict(self) -> None:
+        held = set().union(*self.held.values())
+        for key in list(self.entries):
+            if self.bytes <= self.max_bytes:
+                break
+            if key not in held:
+                self.bytes -= self.entries.pop(key).nbytes
+
+
 class Emulator:
     """Makes the parent model compute what a candidate structure would, without copying it."""
 
     def __init__(self, model: nn.Module, parent: Structure, arch: Arch, imp, gram_blocks: torch.Tensor | None,
-                 compensate: bool, damping: float, batch_size: int = 8):
+                 compensate: bool, damping: float, batch_size: int = 8, gram_setting: str = "auto",
+                 cache_bytes: float = float("inf")):
         self.model, self.parent, self.arch, self.imp = model, parent, arch, imp
         self.compensate, self.damping = compensate, damping
         self.consumers = consumers()
         self.grams: dict[tuple[int, str], torch.Tensor] = {}
-        self._refits: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self.cache = RefitCache(cache_bytes)
         if compensate and gram_blocks is not None:
-            self._gather_grams(gram_blocks, batch_size)
+            self._gather_grams(gram_blocks, batch_size, gram_setting)
+
+    def _layers(self):
+        return zip(decoder_layers(self.model), self.parent["layers"])
 
     @torch.no_grad()
-    def _gather_grams(self, blocks: torch.Tensor, batch_size: int) -> None:
-        hooks = {(l, g.consumer): GramHook(layer.get_submodule(g.consumer), stop=False)
-                 for layer, l in zip(decoder_layers(self.model), self.parent["layers"]) for g in self.consumers}
+    def _gather_grams(self, blocks: torch.Tensor, batch_size: int, setting: str) -> None:
+        modules = {(l, g.consumer): layer.get_submodule(g.consumer) for layer, l in self._layers() for g in self.consumers}
         device = next(self.model.parameters()).device
+        store = gram_store(device, sum((m.in_features + 1) ** 2 * 8 for m in modules.values()), setting)
+        hooks = {k: GramHook(m, stop=False, store=store) for k, m in modules.items()}
         try:
             for s in tqdm(range(0, len(blocks), batch_size), desc="allocator: consumer Gram matrices", unit="batch"):
                 self.model(input_ids=blocks[s:s + batch_size].to(device), use_cache=False)
         finally:
             self.grams = {k: h.result() for k, h in hooks.items()}
 
-    def _consumer_weight(self, l: int, module: nn.Linear, g, keep: torch.Tensor):
-        key = (l, g.consumer, tuple(keep.tolist()))
-        if key not in self._refits:
+    def keys(self, target: Structure) -> list[tuple]:
+        """The refit-cache keys `target` uses: (layer, consumer, kept inputs) where inputs leave."""
+        out = []
+        for _, l in self._layers():
+            if l in target["layers"]:
+                for g in self.consumers:
+                    keep = g.kept_inputs(l, self.parent, target, self.arch)
+                    if keep is not None:
+                        out.append((l, g.consumer, tuple(keep.tolist())))
+        return out
+
+    def _consumer_weight(self, l: int, name: str, module: nn.Linear, keep: torch.Tensor) -> torch.Tensor:
+        def make():
             w = module.weight.data
             full = torch.zeros_like(w)
-            if self.compensate and (l, g.consumer) in self.grams:
-                r = refit(w, module.bias.data if module.bias is not None else None, self.grams[(l, g.consumer)],
-                          keep, self.damping, fit_bias=False)
+            if self.compensate and (l, name) in self.grams:
+                r = refit(w, module.bias.data if module.bias is not None else None, self.grams[(l, name)],
+                          keep, self.damping, fit_bias=False)  # refit moves a host Gram to w's device
                 full[:, keep.to(w.device)] = r.weight
             else:
                 full[:, keep.to(w.device)] = w[:, keep.to(w.device)]
-            self._refits[key] = full
-        return self._refits[key]
+            return full
+
+        return self.cache.get((l, name, tuple(keep.tolist())), make)
 
     def __call__(self, target: Structure) -> "_Applied":
         handles, saved = [], []
         for g in registry():
             if g.consumer is None:
                 handles += g.emulate(self.model, self.parent, target, self.arch, self.imp)
-        for layer, l in zip(decoder_layers(self.model), self.parent["layers"]):
+        for layer, l in self._layers():
             if l not in target["layers"]:
                 continue
             for g in self.consumers:
@@ -115,7 +175,7 @@ class Emulator:
                     continue
                 module = layer.get_submodule(g.consumer)
                 saved.append((module, module.weight.data))
-                module.weight.data = self._consumer_weight(l, module, g, keep)
+                module.weight.data = self._consumer_weight(l, g.consumer, module, keep)
         return _Applied(handles, saved)
 
 
@@ -151,7 +211,8 @@ def allocate(model: nn.Module, parent: Structure, imp, arch: Arch, cfg, budget: 
     cost = cost_fn(arch, measure, context)
     opts = MoveOptions(cfg.layer_metric, cfg.layer_candidates, {"mlp": cfg.mlp_step, "hidden": cfg.hidden_step},
                        cfg.multiple_of, cost, budget)
-    emulate = Emulator(model, parent, arch, imp, gram_blocks, cfg.compensate, cfg.damping)
+    emulate = Emulator(model, parent, arch, imp, gram_blocks, cfg.compensate, cfg.damping,
+                       gram_setting=cfg.gram_store, cache_bytes=cfg.refit_cache_gb * 1e9)
     names = list(cfg.granularities)
     unknown = [n for n in names if n not in {g.name for g in registry()}]
     if unknown:
@@ -188,7 +249,9 @@ def allocate(model: nn.Module, parent: Structure, imp, arch: Arch, cfg, budget: 
             tried.append({"move": name, "detail": label, "cost": round(cost(c), 5), "loss": round(loss, 6)})
             if best is None or score < best[0]:
                 best = (score, name, label, cand, c, loss)
+                emulate.cache.hold("best", emulate.keys(cand))
         _, name, label, s, counts, current_loss = best
+        emulate.cache.hold("current", emulate.keys(s))
         if math.isnan(current_loss):
             raise ValueError("the allocator's loss became NaN")
         trace.append({"move": name, "detail": label, "counts": counts.to_json(), "cost": cost(counts),

@@ -78,16 +78,22 @@ class _Stop(Exception):
 
 
 class GramHook:
-    """Accumulates E[z z^T], z = [x; 1], of a module's input; optionally stops the forward there."""
+    """Accumulates E[z z^T], z = [x; 1], of a module's input; optionally stops the forward there.
 
-    def __init__(self, module: nn.Module, stop: bool = True):
-        self.gram, self.count, self.stop = None, 0, stop
+    The product is computed in float64 on the input's device; `store` (default: that device) is
+    where the running sum lives, so an 8B model's 32 down_proj Grams (1.6 GB each) can sit in host
+    memory while each batch's product is still computed on the GPU."""
+
+    def __init__(self, module: nn.Module, stop: bool = True, store: torch.device | None = None):
+        self.gram, self.count, self.stop, self.store = None, 0, stop, store
         self.handle = module.register_forward_pre_hook(self._hook)
 
     def _hook(self, _module, args):
         x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
         z = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], 1)
         g = z.T @ z
+        if self.store is not None:
+            g = g.to(self.store)
         self.gram = g if self.gram is None else self.gram + g
         self.count += len(z)
         if self.stop:
