@@ -12,6 +12,10 @@ loss is the KL to the dense model's cached top-k distribution (or the LM loss) o
 `eval_blocks` calibration blocks. Divisible granularities size their last move to land on the
 budget; indivisible moves that would overshoot it by more than `tolerance` are only taken when
 nothing else is left, so a budget rung lands within `tolerance` of its target.
+
+Memory: the refits' fp64 Gram matrices of every layer are gathered once (57 GB at 8B: `gram_store`
+puts them in host memory when they would crowd the GPU), and refitted weights are cached by kept
+set up to `refit_cache_gb`, beyond the accepted structure's and the round's best candidate's.
 """
 
 from __future__ import annotations
