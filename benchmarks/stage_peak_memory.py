@@ -3,7 +3,10 @@
     .venv/bin/python benchmarks/stage_peak_memory.py float32              # tiny graph, one rung
     .venv/bin/python benchmarks/stage_peak_memory.py bfloat16 --default   # default model, f90 only,
                                                                           # a smaller task budget
-Extra Hydra overrides follow (e.g. `data.budget.tokens_per_task=1000`). Prints each stage's own
+Extra Hydra overrides follow (e.g. `data.budget.tokens_per_task=1000`). The figures in the issue-13
+closing note used, for both dtypes, `data.calibration.num_blocks=16 ladder.allocator.eval_blocks=4
+ladder.allocator.gram_blocks=8 ladder.compensation.blocks=8` (same batch shapes, fewer batches:
+bf16 matmuls are slow on this CPU). Prints each stage's own
 "peak memory" figure from its done line (peak RSS on the CPU, torch.cuda.max_memory_allocated on a
 GPU). Runs in a temporary directory; `--default` needs a few minutes per stage on 2 cores.
 """
@@ -34,7 +37,7 @@ ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDe
 ap.add_argument("dtype", choices=["float32", "bfloat16", "float16"])
 ap.add_argument("--default", action="store_true", help="the default model (one rung, small evaluation)")
 ap.add_argument("overrides", nargs="*")
-args = ap.parse_args()
+args = ap.parse_intermixed_args()  # overrides may follow --default
 
 root = Path(tempfile.mkdtemp(prefix=f"mem_{args.dtype}_"))
 extra = [f"model.dtype={args.dtype}", "model.device=cpu", *args.overrides]
