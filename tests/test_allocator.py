@@ -102,26 +102,22 @@ def test_unknown_granularity_is_refused_naming_the_key(setup):
 # Memory at scale: an 8B model's candidate Grams (57 GB) and refits must not pile up on one GPU.
 
 
-def test_a_bounded_refit_cache_changes_nothing_but_what_it_keeps(setup):
+def test_a_bounded_refit_cache_changes_nothing_but_what_it_keeps(setup, monkeypatch):
     """With no room at all, only the accepted structure's and the round's best candidate's refits
     stay cached, and the allocation is exactly the one an unbounded cache gives."""
     m, imp, arch, cache = setup
+    made, real = [], Emulator.__init__
+
+    def spy(self, *a, **k):
+        real(self, *a, **k)
+        made.append(self)
+
+    monkeypatch.setattr(Emulator, "__init__", spy)
     runs = {}
     for gb in (4.0, 0.0):
         cfg = SimpleNamespace(**{**OPTS, "refit_cache_gb": gb})
-        seen = {}
-        real = Emulator.__init__
-
-        def spy(self, *a, **k):
-            real(self, *a, **k)
-            seen["emulator"] = self
-
-        Emulator.__init__ = spy
-        try:
-            runs[gb] = allocate(m, Structure.dense(arch), imp, arch, cfg, 0.55, "flops", kl_loss(cache), BLOCKS, CTX)
-        finally:
-            Emulator.__init__ = real
-        runs[gb, "cache"] = seen["emulator"].cache
+        runs[gb] = allocate(m, Structure.dense(arch), imp, arch, cfg, 0.55, "flops", kl_loss(cache), BLOCKS, CTX)
+        runs[gb, "cache"] = made[-1].cache
     assert runs[0.0].trace == runs[4.0].trace and runs[0.0].structure.to_json() == runs[4.0].structure.to_json()
     bounded, unbounded = runs[0.0, "cache"], runs[4.0, "cache"]
     held = set().union(*bounded.held.values())
