@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/ladder_tables.py            # from artifacts/ of this checkout
 
-Shape, cost, compensation and build seconds from each rung's `pruning_report.json`; quality from
+Shape, cost and compensation from each rung's `pruning_report.json`, build seconds from
+`artifacts/timings/prune/<rung>.json` (kept out of the rung's directory); quality from
 `artifacts/eval/<rung>/metrics.json`; prefill and decode from `artifacts/speed/speed.json` (timed
 interleaved in one process); the routing table is `artifacts/compare/table.md` as written.
 """
@@ -14,6 +15,8 @@ import sys
 from pathlib import Path
 
 import yaml
+
+from pipeline.common.timings import read_timings
 
 
 def main() -> int:
@@ -31,7 +34,7 @@ def main() -> int:
         comp = p.get("compensation") or {}
         err = (f"{comp['mean_error_before']:.3f} → {comp['mean_error_after']:.3f}"
                if comp.get("mean_error_before") is not None else "-")
-        s = p.get("seconds") or {}
+        s = read_timings(art / "timings" / "prune" / f"{r}.json") or p.get("seconds") or {}  # older builds: the report
         secs = " / ".join(str(s.get(k, "-")) for k in ("allocate", "cut_and_compensate", "heal")) if s else "-"
         print(f"| `{r}` | {p['parent'] or '-'} | {c['layers']} | {c['hidden']} | {c['kv_heads']} x {c['q_heads']} "
               f"| {c['mlp']} | {p['relative']['flops']:.3f} | {p['params'] / 1e6:.1f}M | {err} | {secs} |")

@@ -261,15 +261,18 @@ def project(m: dict, build: Path | None) -> dict:
     if build is not None and (build / "ladder").is_dir():
         import yaml
 
+        from pipeline.common.timings import read_timings
+
         for r in WORK["parents"]:
-            rep = build / "ladder" / r / "pruning_report.json"
-            rec = build / "ladder" / r / "recipe.yaml"
-            if rep.exists() and rec.exists():
-                alloc = json.loads(rep.read_text())["seconds"].get("allocate")
-                spc = next((st["allocator"]["seconds_per_candidate"] for st in yaml.safe_load(rec.read_text())["steps"]
+            secs = read_timings(build / "timings" / "prune" / f"{r}.json")
+            alloc, spc = secs.get("allocate"), secs.get("allocate_per_candidate")
+            rep, rec = build / "ladder" / r / "pruning_report.json", build / "ladder" / r / "recipe.yaml"
+            if not secs and rep.exists() and rec.exists():  # a build from before timings/ existed
+                alloc = json.loads(rep.read_text()).get("seconds", {}).get("allocate")
+                spc = next((st["allocator"].get("seconds_per_candidate") for st in yaml.safe_load(rec.read_text())["steps"]
                             if "allocator" in st), None)
-                if alloc and spc:
-                    measured_candidates[r] = round(alloc / spc)
+            if alloc and spc:
+                measured_candidates[r] = round(alloc / spc)
         if measured_candidates:
             candidates = max(measured_candidates.values())
     stages = []

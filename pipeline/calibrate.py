@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     from safetensors.torch import load_file, save_file
 
     from pipeline.common.atomic import atomic_dir
+    from pipeline.common.timings import timings_path, write_timings
     from pipeline.models.loading import load_causal_lm
     from pipeline.pruning.importance import measure_importance, plain_forward
 
@@ -87,9 +88,6 @@ def main(argv: list[str] | None = None) -> None:
         order = imp.block_influence.argsort().tolist()
         summary = {
             "tokens": tokens,
-            "seconds": {"hooked_pass": round(hooked, 2), "plain_forward": plain and round(plain, 2),
-                        "overhead_x": plain and round(hooked / plain, 2)},
-            "tokens_per_second": {"hooked_pass": round(tokens / hooked, 1)},
             "layers": [
                 {"layer": i, "block_influence": float(imp.block_influence[i]),
                  "angular_distance": float(imp.angular_distance[i]),
@@ -104,6 +102,11 @@ def main(argv: list[str] | None = None) -> None:
             save_file(imp.tensors(), str(tmp / "importance.safetensors"))
             (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
             _picture(imp, tmp / "importance.png")
+        # Seconds stay out of artifacts/calibrate: a rerun with the same result then changes nothing downstream.
+        write_timings(timings_path(Path(args.out).parent, "calibrate"),
+                      {"hooked_pass": round(hooked, 2), "plain_forward": plain and round(plain, 2),
+                       "overhead_x": plain and round(hooked / plain, 2),
+                       "tokens_per_second_hooked": round(tokens / hooked, 1)})
         tracker.summary({"calibrate/tokens": tokens, "calibrate/seconds": round(hooked, 2)})
     st.done(
         read=f"{args.base}, {tokens} calibration tokens",

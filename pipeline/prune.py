@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoTokenizer, PreTrainedModel
 
     from pipeline.common.atomic import atomic_dir
+    from pipeline.common.timings import timings_path, write_timings
     from pipeline.models.architecture import storable_model
     from pipeline.models.loading import load_causal_lm
     from pipeline.models.card import base_facts, model_card
@@ -126,8 +127,9 @@ def main(argv: list[str] | None = None) -> None:
                                  measure, loss_fn, blocks[: a.gram_blocks] if a.compensate else None, DEFAULT_CONTEXT)
                 seconds["allocate"] = round(time.perf_counter() - t, 1)
                 structure, trace = alloc.structure, alloc.trace
-                recipe_out["steps"].append({"allocator": {f"target_{measure}": budget, **a.model_dump(),
-                                                          "seconds_per_candidate": round(alloc.seconds_per_candidate, 2)}})
+                if alloc.seconds_per_candidate is not None:
+                    seconds["allocate_per_candidate"] = round(alloc.seconds_per_candidate, 2)
+                recipe_out["steps"].append({"allocator": {f"target_{measure}": budget, **a.model_dump()}})
             else:
                 metric = rung.recipe.layers.metric if rung.recipe and rung.recipe.layers else "block_influence"
                 structure = select_structure(parent, counts, imp, arch, metric)
@@ -137,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
                                 blocks[: comp.blocks] if comp.enabled else None, comp.enabled, comp.damping, comp.bias)
             model, stored_as = storable_model(model)  # a Llama head count LlamaConfig refuses: as Mistral
             seconds["cut_and_compensate"] = round(time.perf_counter() - t, 1)
+            seconds.update({f"cut/{k}": v for k, v in cut_report.pop("seconds").items()})
             c = structure.counts()
             recipe_out["steps"].append({"structured": {
                 "granularities": {g: c[g] for g in c},
@@ -162,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
                 heal_report = heal(model, load_file(str(teacher / "heal.safetensors")),
                                    load_file(str(teacher / "heal_val.safetensors")), ladder.heal, st.cfg.seed)
                 seconds["heal"] = round(time.perf_counter() - t, 1)
+                heal_report.pop("seconds")
                 recipe_out["steps"].append({"heal": {k: v for k, v in heal_report.items() if k != "curve"}})
 
         smoke = _complete(model, tok, st.cfg.model.smoke_prompt, st.cfg.model.smoke_tokens)
@@ -187,8 +191,6 @@ def main(argv: list[str] | None = None) -> None:
             "compensation": cut_report,
             "heal": heal_report,
             "smoke": {"prompt": st.cfg.model.smoke_prompt, "completion": smoke},
-            "seconds": seconds,
-            "build_seconds": round(time.perf_counter() - t0, 1),
         }
         out = Path(args.ladder_dir) / name
         with atomic_dir(out) as tmp:
@@ -201,6 +203,10 @@ def main(argv: list[str] | None = None) -> None:
             (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe_out, sort_keys=False))
             (tmp / "pruning_report.json").write_text(json.dumps(report, indent=2) + "\n")
             (tmp / "README.md").write_text(model_card(name, report, recipe_out, base_facts(args.base)))
+        # Seconds stay out of the rung's directory: the same config and seed give the same files, so
+        # a rebuild with the same result changes nothing downstream (pipeline/common/timings.py).
+        seconds["total"] = round(time.perf_counter() - t0, 1)
+        write_timings(timings_path(Path(args.ladder_dir).parent, "prune", name), seconds)
         tracker.summary({k: report[k] for k in ("params", "nonzero_params", "flops_per_token")}
                         | {f"relative/{k}": v for k, v in report["relative"].items()}
                         | {f"seconds/{k}": v for k, v in seconds.items()})

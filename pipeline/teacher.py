@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     from safetensors.torch import load_file, save_file
 
     from pipeline.common.atomic import atomic_dir
+    from pipeline.common.timings import timings_path, write_timings
     from pipeline.models.loading import load_causal_lm
     from pipeline.pruning.distill import captured_mass, teacher_topk
 
@@ -64,13 +65,14 @@ def main(argv: list[str] | None = None) -> None:
         sets = healing_sets(model, heal_blocks, n_val, k) if ladder.heal.enabled else {}
         sets["allocator"] = teacher_topk(model, calib[: ladder.allocator.eval_blocks], k, desc="teacher: allocator blocks")
         secs = time.perf_counter() - t0
-        summary = {"topk": k, "seconds": round(secs, 1), "heal_sets": bool(ladder.heal.enabled),
+        summary = {"topk": k, "heal_sets": bool(ladder.heal.enabled),
                    "sets": {name: {"shape": list(t["input_ids"].shape), "captured_mass": round(captured_mass(t), 4)}
                             for name, t in sets.items()}}
         with atomic_dir(Path(args.out)) as tmp:
             for name, t in sets.items():
                 save_file({key: v.contiguous() for key, v in t.items()}, str(tmp / f"{name}.safetensors"))
             (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_timings(timings_path(Path(args.out).parent, "teacher"), {"topk_pass": round(secs, 1)})
         tracker.summary({f"teacher/{n}/captured_mass": v["captured_mass"] for n, v in summary["sets"].items()})
     healing = f"{len(heal_blocks)} healing + " if ladder.heal.enabled else "healing off, "
     st.done(read=f"{args.base}, {healing}{ladder.allocator.eval_blocks} allocator blocks",

@@ -258,6 +258,14 @@ def test_two_builds_give_byte_identical_router_thresholds_and_manifest(deployed,
              "cascade/thresholds.json", "escalate/thresholds.json", "compare/table.json"]
     digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
     assert {f: digest(root / f) for f in files} == {f: digest(deployed / f) for f in files}
+    # Every file of every cached output up to the rungs, reports and cards included: the seconds are in
+    # timings/, so a rebuild with the same result leaves DVC nothing to rerun downstream.
+    for out, first in [("base", tiny_base), ("data", deployed / "data"), ("calibrate", deployed / "calibrate"),
+                       ("teacher", deployed / "teacher"), *[(f"ladder/{r}", deployed / "ladder" / r) for r in raw["rungs"]]]:
+        names = sorted(p.name for p in first.iterdir())
+        assert names == sorted(p.name for p in (root / out).iterdir()), out
+        assert {n: digest(root / out / n) for n in names} == {n: digest(first / n) for n in names}, out
+    assert json.loads((root / "timings" / "prune" / "f80.json").read_text())["total"] > 0
     # measured timings differ between the two builds; the manifest carries none under the analytic cost
     man = yaml.safe_load((root / "manifest.yaml").read_text())
     assert man["costs"]["kind"] == "flops" and all(r["latency_ms"] is None for r in man["rungs"])

@@ -106,9 +106,14 @@ def _one_line_errors(name: str) -> None:
 # not listed writes its `--out` / `--*-out` arguments and has no checkpoint inputs to check; an
 # argument a stage no longer has is skipped, never an error here.
 def stage_outputs(name: str, args: argparse.Namespace) -> list[Path]:
+    from pipeline.common.timings import timings_path
+
     a = vars(args)
     if name == "prune" and a.get("ladder_dir") and a.get("rung"):
-        return [Path(a["ladder_dir"]) / a["rung"]]
+        ladder = Path(a["ladder_dir"])
+        return [ladder / a["rung"], timings_path(ladder.parent, "prune", a["rung"])]
+    if name in ("calibrate", "teacher") and a.get("out"):
+        return [Path(a["out"]), timings_path(Path(a["out"]).parent, name)]
     if name == "evaluate" and a.get("rung"):
         return [Path(a.get("out") or f"artifacts/eval/{a['rung']}")]
     return [Path(v) for k, v in a.items() if (k == "out" or k.endswith("_out")) and isinstance(v, str)]
