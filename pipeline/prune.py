@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.models.checkpoint import file_digests, save_tokenizer
     from pipeline.models.cost import DEFAULT_CONTEXT, model_cost, module_sparsity
     from pipeline.pruning.allocator import allocate, counts_cost, kl_loss, lm_loss
+    from pipeline.pruning.calibration_blocks import split_blocks
     from pipeline.pruning.cut import cut_to
     from pipeline.pruning.importance import Importance
     from pipeline.pruning.plan import select_structure
@@ -113,7 +114,9 @@ def main(argv: list[str] | None = None) -> None:
             structure = Structure.dense(arch)
         else:
             imp = Importance.from_tensors(load_file(str(Path(args.calibration) / "importance.safetensors")))
-            blocks = load_file(str(Path(args.data) / "calibration.safetensors"))["input_ids"]
+            # The allocator scores on reserved blocks; refits and weight pruning fit on the others.
+            scoring, blocks = split_blocks(load_file(str(Path(args.data) / "calibration.safetensors"))["input_ids"],
+                                           ladder.allocator)
             if counts is None:  # budget rung: the allocator picks the shape
                 a = ladder.allocator
                 measure = "flops" if rung.target_flops is not None else "params"
@@ -121,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
                 if a.loss == "kl":
                     loss_fn = kl_loss(load_file(str(Path(args.teacher) / "allocator.safetensors")))
                 else:
-                    loss_fn = lm_loss(blocks[: a.eval_blocks])
+                    loss_fn = lm_loss(scoring)
                 t = time.perf_counter()
                 alloc = allocate(model, parent, imp, arch, _allocator_options(a, ladder.compensation), budget,
                                  measure, loss_fn, blocks[: a.gram_blocks] if a.compensate else None, DEFAULT_CONTEXT)

@@ -7,8 +7,8 @@ and `topk_logp` [N, L, k] (the dense model's top-k log-probabilities at every po
 - `heal_val.safetensors`: those held-out healing blocks (early stopping);
   both only when `ladder.heal.enabled` (the healing set is most of this stage's time: ~150 s of
   ~160 s on the default build, spent for nothing when no rung heals);
-- `allocator.safetensors`: the first `ladder.allocator.eval_blocks` calibration blocks, which the
-  allocator scores candidate cuts on;
+- `allocator.safetensors`: the `ladder.allocator.eval_blocks` calibration blocks the allocator
+  scores candidate cuts on (the last ones by default: `pipeline/pruning/calibration_blocks.py`);
 - `summary.json`: shapes, k, the probability mass the top-k captures, seconds.
 Healing and the allocator read these instead of running the dense model next to each rung.
 """
@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.common.atomic import atomic_dir
     from pipeline.common.timings import timings_path, write_timings
     from pipeline.models.loading import load_causal_lm
+    from pipeline.pruning.calibration_blocks import split_blocks
     from pipeline.pruning.distill import captured_mass, teacher_topk
 
     data = Path(args.data)
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         model = load_causal_lm(args.base, cfg.model)
         t0 = time.perf_counter()
         sets = healing_sets(model, heal_blocks, n_val, k) if ladder.heal.enabled else {}
-        sets["allocator"] = teacher_topk(model, calib[: ladder.allocator.eval_blocks], k, desc="teacher: allocator blocks")
+        sets["allocator"] = teacher_topk(model, split_blocks(calib, ladder.allocator)[0], k, desc="teacher: allocator blocks")
         secs = time.perf_counter() - t0
         summary = {"topk": k, "heal_sets": bool(ladder.heal.enabled),
                    "sets": {name: {"shape": list(t["input_ids"].shape), "captured_mass": round(captured_mass(t), 4)}

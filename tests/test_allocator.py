@@ -164,3 +164,15 @@ def test_a_gram_hook_accumulates_where_it_is_told():
     assert default.result().device.type == "cpu" and default.count == 9
     g = meta.result()
     assert g.device.type == "meta" and g.shape == (4, 4) and g.dtype == torch.float64
+
+
+def test_candidates_are_scored_on_blocks_no_refit_reads():
+    from pipeline.pruning.calibration_blocks import split_blocks
+
+    calib = torch.arange(10)[:, None].repeat(1, 3)
+    scoring, fitting = split_blocks(calib, SimpleNamespace(eval_blocks=3, eval_on="held_out"))
+    assert scoring[:, 0].tolist() == [7, 8, 9] and fitting[:, 0].tolist() == list(range(7))
+    scoring, fitting = split_blocks(calib, SimpleNamespace(eval_blocks=3, eval_on="first"))
+    assert scoring[:, 0].tolist() == [0, 1, 2] and len(fitting) == 10
+    with pytest.raises(ValueError, match="eval_blocks=10 leaves no calibration block"):
+        split_blocks(calib, SimpleNamespace(eval_blocks=10, eval_on="held_out"))

@@ -145,3 +145,9 @@ def test_compose_cli_writes_validated_params(tmp_path):
     )
     assert bad.returncode == 2 and "cascade.method" in bad.stderr
     assert not (tmp_path / "b.yaml").exists()
+
+
+def test_held_out_allocator_scoring_leaves_blocks_to_fit_on():
+    msg = _error(tiny_config(["ladder.allocator.eval_blocks=10"]))  # tiny: 10 calibration blocks
+    assert "ladder.allocator.eval_blocks" in msg and "data.calibration.num_blocks" in msg and "eval_on=first" in msg
+    validate(tiny_config(["ladder.allocator.eval_blocks=10", "ladder.allocator.eval_on=first"]))

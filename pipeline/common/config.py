@@ -341,6 +341,10 @@ class AllocatorConfig(Strict):
     granularities: list[Slug] = ["layers", "hidden", "kv_heads", "q_heads", "mlp"]
     loss: Literal["kl", "lm"] = "kl"  # KL to the dense model's cached top-k, or next-token loss
     eval_blocks: PositiveInt = 8  # calibration blocks each candidate cut is scored on
+    # held_out: the last `eval_blocks` calibration blocks, reserved: refits and weight pruning read
+    # only the blocks before them (so a refitted candidate is scored on text its refit did not fit);
+    # first: the first ones, which the refits read too (the ladders built before this option).
+    eval_on: Literal["held_out", "first"] = "held_out"
     gram_blocks: PositiveInt = 16  # calibration blocks for the candidates' least-squares refits
     compensate: bool = True  # score candidates with their consumer projections refitted
     gram_store: Literal["auto", "device", "host"] = "auto"  # auto: host when the Grams would fill the GPU
@@ -552,6 +556,11 @@ class Config(Strict):
         unknown = [r for r in self.cascade.rungs or [] if r not in self.rungs]
         if unknown:
             raise ValueError(f"cascade.rungs names {unknown}, which are not rungs; allowed: {self.rungs}")
+        a, n = self.ladder.allocator, self.data.calibration.num_blocks
+        if a.eval_on == "held_out" and a.eval_blocks >= n:
+            raise ValueError(f"ladder.allocator.eval_on=held_out reserves ladder.allocator.eval_blocks ({a.eval_blocks}) "
+                             f"of the data.calibration.num_blocks ({n}) for scoring and fits on the rest, so it "
+                             "needs fewer; lower one, raise the other, or set ladder.allocator.eval_on=first")
         return self
 
 

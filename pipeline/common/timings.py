@@ -4,8 +4,10 @@ A cached output that records how long it took to build differs on every build. D
 everything downstream of a stage whose real results did not change (a comment edited under
 `pipeline/pruning/` would re-run every prune stage and then all the evaluation after them), and
 "the same config and seed give the same files" fails. So calibrate, teacher and prune write their
-seconds to `<artifacts>/timings/<stage>.json` (prune: `timings/prune/<rung>.json`): uncached DVC
-outputs that no stage depends on. `benchmarks/ladder_tables.py` prints them; W&B gets them too.
+seconds to `<artifacts>/timings/<stage>.json` (prune: `timings/prune/<rung>.json`): DVC outputs
+that no stage depends on, so a change in them re-runs nothing. They are cached like every output
+(with `cache: false`, `dvc checkout` could not restore a stage DVC cleared before a failed run).
+`benchmarks/ladder_tables.py` prints them; W&B gets them too.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ def timings_path(artifacts: str | Path, stage: str, rung: str | None = None) -> 
 
 
 def write_timings(path: str | Path, seconds: dict) -> Path:
+    """Atomically, like every output: a killed stage leaves the previous file or none."""
     return atomic_write_json(path, seconds)
 
 

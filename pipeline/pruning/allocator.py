@@ -9,7 +9,7 @@ Candidates are scored as they will be built: the parent model is made to compute
 cut model would (hooks for dropped layers and hidden channels, and for heads and MLP channels the
 consumer projection swapped for its least-squares refit on the parent's activations), and the
 loss is the KL to the dense model's cached top-k distribution (or the LM loss) on
-`eval_blocks` calibration blocks. Divisible granularities size their last move to land on the
+`eval_blocks` calibration blocks: by default the last ones, which no refit reads (`calibration_blocks.py`). Divisible granularities size their last move to land on the
 budget; indivisible moves that would overshoot it by more than `tolerance` are only taken when
 nothing else is left, so a budget rung lands within `tolerance` of its target.
 
