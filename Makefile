@@ -12,7 +12,7 @@ export LADDER_PYTHON := $(BIN)/python
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup repro test params bench-ladder bench-eval bench-cascade bench-heal compare-baselines clean
+.PHONY: setup repro test params bench-ladder bench-eval bench-cascade bench-heal bench-scoring-text bench-calibration-mix compare-baselines clean
 
 setup: $(VENV)/.installed
 
@@ -60,3 +60,13 @@ bench-cascade: setup
 # Healing recovery curve (held-out ppl on two sources, task accuracy vs tokens) of f60 and f40.
 bench-heal: setup
 	$(BIN)/python benchmarks/heal_curve.py --rungs f60 f40
+
+# KL to dense of every built rung on the allocator's text and three others, against the rungs'
+# measured accuracy and Wikipedia ppl (after `make repro`, and `make compare-baselines` for pairs).
+bench-scoring-text: setup
+	$(BIN)/python benchmarks/scoring_text.py
+
+# The default ladder rebuilt (outside DVC) from calibration text half LAMBADA, half CoQA stories,
+# scored next to the built one; after `make repro`, ~30 min.
+bench-calibration-mix: setup
+	$(BIN)/python benchmarks/calibration_mix.py --share 0.5

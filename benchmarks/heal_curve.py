@@ -30,7 +30,9 @@ from pathlib import Path
 import yaml
 
 
-def quality(model, tok, items, held, other, batch_tokens: int = 4096) -> dict:
+def quality(model, tok, items, held, other, batch_tokens: int = 4096, keep_records: bool = False) -> dict:
+    """Perplexity on both held-out sources and mean acc_norm on `items` (with the per-item records
+    under "records" when `keep_records`, for paired comparisons)."""
     from pipeline.evaluate import record_for, task_metrics
     from pipeline.evaluation.scoring import encode_item, perplexity, score_choices
 
@@ -39,7 +41,23 @@ def quality(model, tok, items, held, other, batch_tokens: int = 4096) -> dict:
     t = task_metrics(recs)["mean"]
     return {"ppl_lambada": perplexity(model, held, progress=False)["perplexity"],
             "ppl_other": perplexity(model, other, progress=False)["perplexity"],
-            "acc_norm": t["acc_norm"], "acc_norm_se": t["acc_norm_se"], "above_chance": t["above_chance"]}
+            "acc_norm": t["acc_norm"], "acc_norm_se": t["acc_norm_se"], "above_chance": t["above_chance"],
+            **({"records": recs} if keep_records else {})}
+
+
+def paired_acc_norm_diff(a: list[dict], b: list[dict]) -> tuple[float, float]:
+    """Mean acc_norm of records `a` minus `b` (the same items), macro over tasks as `task_metrics`
+    reports it, and its standard error paired over items (sqrt of the summed per-task variances
+    of the item differences / T)."""
+    import math
+
+    other = {r["id"]: r["correct_norm"] for r in b}
+    per_task: dict[str, list[float]] = {}
+    for r in a:
+        per_task.setdefault(r["task"], []).append(float(r["correct_norm"]) - float(other[r["id"]]))
+    means = [sum(d) / len(d) for d in per_task.values()]
+    var = sum(sum((x - m) ** 2 for x in d) / max(len(d) - 1, 1) / len(d) for d, m in zip(per_task.values(), means))
+    return sum(means) / len(means), math.sqrt(var) / len(means)
 
 
 def main() -> int:
