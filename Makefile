@@ -12,7 +12,7 @@ export LADDER_PYTHON := $(BIN)/python
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup repro test params bench-ladder bench-eval bench-cascade bench-heal bench-scoring-text bench-calibration-mix compare-baselines clean
+.PHONY: setup repro test params bench-ladder bench-eval bench-cascade bench-heal bench-scoring-text bench-calibration-mix bench-allocator-weights compare-baselines clean
 
 setup: $(VENV)/.installed
 
@@ -70,3 +70,8 @@ bench-scoring-text: setup
 # scored next to the built one; after `make repro`, ~30 min.
 bench-calibration-mix: setup
 	$(BIN)/python benchmarks/calibration_mix.py --share 0.5
+
+# The default ladder rebuilt (outside DVC) with layer moves' loss increase weighted 1 and 0.5
+# (the built one has 0.25), all scored on the router-train items; after `make repro`, ~50 min.
+bench-allocator-weights: setup
+	$(BIN)/python benchmarks/allocator_weights.py --weights 1 0.5

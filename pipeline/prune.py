@@ -65,9 +65,10 @@ def _plan(st):
         if have <= target:
             raise ValueError(f"{where}.target_{measure}={target}: parent '{rung.parent}' is already at {have:.3f}")
         known = {g.name for g in registry()}
-        unknown = [g for g in ladder.allocator.granularities if g not in known]
-        if unknown:
-            raise ValueError(f"ladder.allocator.granularities: unknown {unknown}; registered: {sorted(known)}")
+        for key in ("granularities", "loss_weights"):
+            unknown = [g for g in getattr(ladder.allocator, key) if g not in known]
+            if unknown:
+                raise ValueError(f"ladder.allocator.{key}: unknown {unknown}; registered: {sorted(known)}")
         return arch, rung, parent, None
     counts = recipe_counts(rung.recipe, arch, parent.counts())
     check_counts(counts, arch, parent.counts(), where)

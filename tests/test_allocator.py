@@ -18,7 +18,7 @@ from tests.test_structured import BLOCKS, tiny
 CTX = 16  # attention scores at a 256-token context would dominate this tiny model's FLOPs
 OPTS = dict(granularities=["layers", "hidden", "kv_heads", "q_heads", "mlp"], layer_metric="block_influence",
             layer_candidates=2, mlp_step=0.25, hidden_step=0.25, multiple_of=2, tolerance=0.01,
-            compensate=True, damping=0.01, gram_store="auto", refit_cache_gb=4.0)
+            compensate=True, damping=0.01, gram_store="auto", refit_cache_gb=4.0, loss_weights={})
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +96,26 @@ def test_unknown_granularity_is_refused_naming_the_key(setup):
     m, imp, arch, cache = setup
     cfg = SimpleNamespace(**{**OPTS, "granularities": ["mlp", "experts"]})
     with pytest.raises(ValueError, match=r"ladder.allocator.granularities: unknown \['experts'\]"):
+        allocate(m, Structure.dense(arch), imp, arch, cfg, 0.9, "flops", kl_loss(cache), BLOCKS, CTX)
+
+
+def test_a_loss_weight_below_one_favours_its_granularity(setup):
+    """Weighting layer moves' loss increase near zero makes every coarse move a layer drop; at
+    weight 1 the same budget is met with other granularities too."""
+    m, imp, arch, cache = setup
+    moves = {}
+    for w in (1.0, 1e-9):
+        cfg = SimpleNamespace(**{**OPTS, "loss_weights": {"layers": w}, "tolerance": 0.05})
+        a = allocate(m, Structure.dense(arch), imp, arch, cfg, 0.75, "flops", kl_loss(cache), BLOCKS, CTX)
+        moves[w] = [t["move"] for t in a.trace[1:]]
+    assert moves[1e-9][0] == "layers" and set(moves[1.0]) != {"layers"}
+    assert moves[1e-9].count("layers") > moves[1.0].count("layers")
+
+
+def test_a_loss_weight_for_an_unknown_granularity_is_refused(setup):
+    m, imp, arch, cache = setup
+    cfg = SimpleNamespace(**{**OPTS, "loss_weights": {"layer": 0.5}})
+    with pytest.raises(ValueError, match=r"ladder.allocator.loss_weights: unknown \['layer'\]"):
         allocate(m, Structure.dense(arch), imp, arch, cfg, 0.9, "flops", kl_loss(cache), BLOCKS, CTX)
 
 

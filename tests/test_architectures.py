@@ -130,7 +130,7 @@ def cut_shapes(tmp_path_factory):
         cache = teacher_topk(m, BLOCKS[:4], k=16)
         opts = SimpleNamespace(granularities=["kv_heads", "q_heads"], layer_metric="block_influence",
                                layer_candidates=1, mlp_step=0.25, hidden_step=0.25, multiple_of=2, tolerance=0.03,
-                               compensate=True, damping=0.01, gram_store="auto", refit_cache_gb=4.0)
+                               compensate=True, damping=0.01, gram_store="auto", refit_cache_gb=4.0, loss_weights={})
         alloc = allocate(m, Structure.dense(arch), imp, arch, opts, 0.8, "flops", kl_loss(cache), BLOCKS, 16)
         rep = cut_to(m, Structure.dense(arch), alloc.structure, arch, imp, BLOCKS, True, 0.01, False)
         m, stored_as = storable_model(m)

@@ -355,6 +355,10 @@ class AllocatorConfig(Strict):
     hidden_step: Annotated[float, Field(gt=0.0, le=0.5)] = 0.0556  # share of base hidden size per move
     multiple_of: PositiveInt = 8  # MLP width and hidden size stay multiples of this
     tolerance: Annotated[float, Field(ge=0.0, le=0.2)] = 0.01  # land within this of the target (x dense)
+    # Multiplies a granularity's loss increase when moves are ranked (a missing name weighs 1):
+    # below 1 favours that granularity's moves. KL to dense on LAMBADA overstates what dropping
+    # layers costs in task accuracy on SmolLM2 (benchmarks/allocator_weights.py measures it).
+    loss_weights: dict[Slug, Annotated[float, Field(gt=0.0)]] = {}
 
 
 class CompensationConfig(Strict):

@@ -3,7 +3,8 @@
 Greedy, one move at a time: every registered granularity named in `ladder.allocator.granularities`
 proposes its one-step cuts (several candidate layers; one KV group or one query head per group;
 a slice of MLP width or hidden size), and the move with the smallest increase of the loss per unit
-of cost saved is taken, until the budget holds.
+of cost saved (times the granularity's `loss_weights` entry, 1 by default) is taken, until the
+budget holds.
 
 Candidates are scored as they will be built: the parent model is made to compute exactly what the
 cut model would (hooks for dropped layers and hidden channels, and for heads and MLP channels the
@@ -221,6 +222,10 @@ def allocate(model: nn.Module, parent: Structure, imp, arch: Arch, cfg, budget: 
     unknown = [n for n in names if n not in {g.name for g in registry()}]
     if unknown:
         raise ValueError(f"ladder.allocator.granularities: unknown {unknown}; registered: {[g.name for g in registry()]}")
+    weights = dict(cfg.loss_weights)
+    unknown = [n for n in weights if n not in {g.name for g in registry()}]
+    if unknown:
+        raise ValueError(f"ladder.allocator.loss_weights: unknown {unknown}; registered: {[g.name for g in registry()]}")
 
     def loss_of(s: Structure) -> float:
         with emulate(s):
@@ -249,7 +254,7 @@ def allocate(model: nn.Module, parent: Structure, imp, arch: Arch, cfg, budget: 
             loss = loss_of(cand)
             timed += time.perf_counter() - t
             n_timed += 1
-            score = (loss - current_loss) / (cost(counts) - cost(c))
+            score = weights.get(name, 1.0) * (loss - current_loss) / (cost(counts) - cost(c))
             tried.append({"move": name, "detail": label, "cost": round(cost(c), 5), "loss": round(loss, 6)})
             if best is None or score < best[0]:
                 best = (score, name, label, cand, c, loss)
