@@ -36,17 +36,13 @@ def main() -> int:
     ap.add_argument("--splits", nargs="+", default=["router_train"], help="task splits to score")
     args = ap.parse_args()
 
-    import torch
-    from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from heal_curve import paired_acc_norm_diff, quality
+    from heal_curve import built_params, held_out_blocks, paired_acc_norm_diff, score_checkpoint
 
     tok = AutoTokenizer.from_pretrained(A / "base")
-    raw = yaml.safe_load(Path("params.yaml").read_text())
-    raw["tracking"]["mode"] = "disabled"
-    rungs = list(raw["ladder"]["rungs"])
+    raw, rungs = built_params()
     built = raw["ladder"]["allocator"].get("loss_weights", {}).get("layers", 1.0)
     ladders = {f"w={built:g} (built)": A / "ladder"}
     for w in args.weights:
@@ -66,23 +62,17 @@ def main() -> int:
 
     items = [json.loads(x) for x in (A / "data/tasks.jsonl").read_text().splitlines()]
     items = [it for it in items if it["split"] in args.splits]
-    held = load_file(str(A / "data/heldout.safetensors"))["input_ids"]
-    other = load_file(str(A / "data/heldout_other.safetensors"))["input_ids"]
-    rows = {}
-    for rung in ["dense", *rungs]:
-        for name, d in ladders.items():
-            if rung == "dense" and rows:
-                continue
-            path = d / rung
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-            q = quality(model, tok, items, held, other, keep_records=True)
-            q["counts"] = json.loads((path / "pruning_report.json").read_text())["counts"] if rung != "dense" else {}
-            q["flops"] = json.loads((path / "pruning_report.json").read_text())["relative"]["flops"] if rung != "dense" else 1.0
-            rows[(rung, name)] = q
-            print(rung, name, {k: round(v, 4) for k, v in q.items() if isinstance(v, float)}, q["counts"], flush=True)
-
-    dense = rows[("dense", next(iter(ladders)))]
+    held, other = held_out_blocks()
     first = next(iter(ladders))
+    rows = {}
+    for rung, name in [("dense", first)] + [(r, n) for r in rungs for n in ladders]:
+        q, report = score_checkpoint(ladders[name] / rung, tok, items, held, other)
+        q["counts"] = report["counts"] if rung != "dense" else {}
+        q["flops"] = report["relative"]["flops"] if rung != "dense" else 1.0
+        rows[(rung, name)] = q
+        print(rung, name, {k: round(v, 4) for k, v in q.items() if isinstance(v, float)}, q["counts"], flush=True)
+
+    dense = rows[("dense", first)]
     print(f"\n{len(items)} items ({', '.join(args.splits)}); {len(held)} x {held.shape[1]} held-out blocks per source. "
           f"Dense: ppl LAMBADA {dense['ppl_lambada']:.1f}, Wikipedia {dense['ppl_other']:.1f}, "
           f"acc_norm {dense['acc_norm']:.3f} ± {dense['acc_norm_se']:.3f}, above chance {dense['above_chance']:.3f}\n")

@@ -67,18 +67,15 @@ def main() -> int:
     ap.add_argument("--items", type=int, default=900, help="task items scored per rung")
     args = ap.parse_args()
 
-    import torch
-    from safetensors.torch import load_file, save_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from heal_curve import paired_acc_norm_diff, quality
+    from heal_curve import built_params, held_out_blocks, paired_acc_norm_diff, score_checkpoint
     from pipeline.evaluation.splits import unit_hash
 
     tok = AutoTokenizer.from_pretrained(A / "base")
-    raw = yaml.safe_load(Path("params.yaml").read_text())
-    raw["tracking"]["mode"] = "disabled"
-    rungs = list(raw["ladder"]["rungs"])
+    raw, rungs = built_params()
     shutil.rmtree(OUT, ignore_errors=True)
     (OUT / "data").mkdir(parents=True)
     (OUT / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -100,16 +97,13 @@ def main() -> int:
     items = [json.loads(x) for x in (A / "data/tasks.jsonl").read_text().splitlines()]
     items = sorted((it for it in items if it["split"] in ("calibration", "test")),
                    key=lambda it: unit_hash("calibration-mix", it["id"]))[: args.items]
-    held = load_file(str(A / "data/heldout.safetensors"))["input_ids"]
-    other = load_file(str(A / "data/heldout_other.safetensors"))["input_ids"]
+    held, other = held_out_blocks()
     rows = {}
     models = [("dense", A / "ladder/dense")]
     models += [(f"{r}/{c}", d / r) for r in rungs for c, d in (("lambada", A / "ladder"), ("mixed", OUT / "ladder"))]
     for name, path in models:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-        rows[name] = quality(model, tok, items, held, other, keep_records=True)
-        shapes = json.loads((path / "pruning_report.json").read_text())["counts"] if name != "dense" else {}
-        rows[name]["counts"] = shapes
+        rows[name], report = score_checkpoint(path, tok, items, held, other)
+        shapes = rows[name]["counts"] = report["counts"] if name != "dense" else {}
         print(name, {k: round(v, 4) for k, v in rows[name].items() if isinstance(v, float)}, shapes, flush=True)
 
     dense = rows["dense"]

@@ -45,6 +45,30 @@ def quality(model, tok, items, held, other, batch_tokens: int = 4096, keep_recor
             **({"records": recs} if keep_records else {})}
 
 
+def built_params() -> tuple[dict, list[str]]:
+    """The built pipeline's params.yaml, W&B off (benchmarks rebuild stages outside DVC), and its rungs."""
+    raw = yaml.safe_load(Path("params.yaml").read_text())
+    raw["tracking"]["mode"] = "disabled"
+    return raw, list(raw["ladder"]["rungs"])
+
+
+def held_out_blocks(data: Path = Path("artifacts/data")):
+    """Every held-out block of both perplexity sources: (LAMBADA, Wikipedia)."""
+    from safetensors.torch import load_file
+
+    return tuple(load_file(str(data / f"{n}.safetensors"))["input_ids"] for n in ("heldout", "heldout_other"))
+
+
+def score_checkpoint(path: Path, tok, items, held, other) -> tuple[dict, dict]:
+    """`quality` of the ladder checkpoint at `path`, with per-item records, and its pruning report."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return (quality(model, tok, items, held, other, keep_records=True),
+            json.loads((path / "pruning_report.json").read_text()))
+
+
 def paired_acc_norm_diff(a: list[dict], b: list[dict]) -> tuple[float, float]:
     """Mean acc_norm of records `a` minus `b` (the same items), macro over tasks as `task_metrics`
     reports it, and its standard error paired over items (sqrt of the summed per-task variances
