@@ -218,12 +218,14 @@ def allocate(model: nn.Module, parent: Structure, imp, arch: Arch, cfg, budget: 
                        cfg.multiple_of, cost, budget)
     emulate = Emulator(model, parent, arch, imp, gram_blocks, cfg.compensate, cfg.damping,
                        gram_setting=cfg.gram_store, cache_bytes=cfg.refit_cache_gb * 1e9)
-    names, weights = list(cfg.granularities), dict(cfg.loss_weights)
-    registered = [g.name for g in registry()]
-    for key, given in (("granularities", names), ("loss_weights", weights)):
-        unknown = [n for n in given if n not in registered]
-        if unknown:
-            raise ValueError(f"ladder.allocator.{key}: unknown {unknown}; registered: {registered}")
+    names = list(cfg.granularities)
+    unknown = [n for n in names if n not in {g.name for g in registry()}]
+    if unknown:
+        raise ValueError(f"ladder.allocator.granularities: unknown {unknown}; registered: {[g.name for g in registry()]}")
+    weights = dict(cfg.loss_weights)
+    unknown = [n for n in weights if n not in {g.name for g in registry()}]
+    if unknown:
+        raise ValueError(f"ladder.allocator.loss_weights: unknown {unknown}; registered: {[g.name for g in registry()]}")
 
     def loss_of(s: Structure) -> float:
         with emulate(s):
