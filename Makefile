@@ -12,7 +12,7 @@ export LADDER_PYTHON := $(BIN)/python
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup repro test params bench-ladder bench-eval bench-cascade bench-heal bench-scoring-text bench-calibration-mix bench-allocator-weights compare-baselines clean
+.PHONY: setup repro test params bench-ladder bench-eval bench-cascade bench-heal bench-scoring-text bench-calibration-mix bench-allocator-weights bench-router-risk compare-baselines clean
 
 setup: $(VENV)/.installed
 
@@ -56,6 +56,11 @@ bench-eval: setup
 # route-then-escalate next to delta. Needs the router and cascade built (`make repro`); a few minutes.
 bench-cascade: setup
 	$(BIN)/python benchmarks/cascade_bound.py --repeats 500
+
+# Router-train only: the router rule's saving at small drops when it thresholds the expected gap
+# P(harm) - P(help) or P(harm) alone, for every risk-model family (after `make repro`; ~2 min).
+bench-router-risk: setup
+	$(BIN)/python benchmarks/router_risk.py
 
 # Healing recovery curve (held-out ppl on two sources, task accuracy vs tokens) of f60 and f40.
 bench-heal: setup

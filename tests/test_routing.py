@@ -107,6 +107,57 @@ def test_gap_router_finds_the_subset_where_a_rung_is_worse_and_the_absolute_rout
     assert drop(to_dense) < 0.02 and drop(abs_to_dense) > 0.04
 
 
+def test_gap_risk_sends_a_task_where_harm_and_help_cancel_to_the_cheap_rung():
+    """Task 0: dense and the cheap rung are independent coin flips (harm 0.25 and help 0.25: nothing
+    lost by answering it cheaply); task 1: dense always right, the cheap rung right 85% (harm 0.15,
+    help 0). P(harm) alone ranks task 1 safer; the expected gap ranks task 0 safer, and only that
+    policy keeps the drop near zero at the same cost (half the queries on the cheap rung)."""
+    rng = np.random.default_rng(0)
+
+    def draw(n):
+        task = np.repeat([0, 1], n // 2)
+        dense = np.where(task == 0, rng.uniform(size=n) < 0.5, True)
+        cheap = np.where(task == 0, rng.uniform(size=n) < 0.5, rng.uniform(size=n) < 0.85)
+        return task, np.stack([dense, cheap], 1)
+
+    task, correct = draw(4000)
+    task_t, ct = draw(20000)
+    drops = {}
+    for kind in ("gap", "harm"):
+        y = RM.risk_targets(correct, [1], kind)
+        assert y.shape == (4000, 2 if kind == "gap" else 1)
+        risk = RM.risk_of(RM.TaskRate(2).fit(None, task, y).predict(None, task_t), kind)
+        safer = int(np.argmin([risk[task_t == k, 0].mean() for k in (0, 1)]))
+        choice = route(risk, [1], risk[task_t == safer, 0].max())
+        assert (choice == 1).mean() == pytest.approx(0.5)  # the same cost either way
+        ok, _ = routed_outcome(choice, ct, np.array([1.0, 0.3]))
+        drops[kind] = ct[:, 0].mean() - ok.mean()
+    assert abs(drops["gap"]) < 0.02 and drops["harm"] > 0.05
+
+
+def test_risk_targets_and_risk_of():
+    correct = np.array([[1, 0, 1], [0, 1, 1], [1, 1, 0], [0, 0, 0]], dtype=bool)  # dense, a, b
+    y = RM.risk_targets(correct, [1, 2], "gap")
+    np.testing.assert_array_equal(y, [[1, 0, 0, 0], [0, 0, 1, 1], [0, 1, 0, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(RM.risk_of(y, "gap"), [[1, 0], [-1, -1], [0, 1], [0, 0]])
+    np.testing.assert_array_equal(RM.risk_targets(correct, [1, 2], "harm"), y[:, :2])
+    with pytest.raises(ValueError, match="unknown router risk 'absolute'; allowed: gap, harm"):
+        RM.risk_targets(correct, [1], "absolute")
+
+
+def test_escalate_deferral_grid_is_paired_level_by_level_and_its_last_member_never_escalates():
+    from pipeline.escalate import paired_grid
+
+    rng = np.random.default_rng(0)
+    post = np.full((300, 3), np.inf)
+    post[:, 1:] = rng.uniform(size=(300, 2))
+    train = np.arange(300) < 200
+    d = paired_grid(np.zeros(20), post, [1, 2], train)
+    assert len(d) == 20 and np.all(np.diff(d) > 0) and d[-1] > 1.0
+    share_kept = [(post[train][:, 1:] <= t).mean() for t in d]  # deferral says "answer" on level j/G
+    np.testing.assert_allclose(share_kept, np.arange(1, 21) / 20, atol=0.02)
+
+
 def test_pareto_front_drops_a_rung_that_is_dearer_and_worse():
     # dense, a (cheap, ok), b (dearer and worse than a), c (dearest below dense, best), d (dense's cost)
     acc = np.array([0.60, 0.50, 0.45, 0.58, 0.59])

@@ -450,10 +450,13 @@ class EvaluateConfig(Strict):
 
 
 class RouterConfig(Strict):
-    """Query -> per rung, P(the rung is wrong where dense is right); the cheapest rung whose risk is
-    below a threshold certified by Learn-then-Test (`router`)."""
+    """Query -> per rung, the risk against dense (expected accuracy gap, or P(rung wrong where dense
+    is right)); the cheapest rung whose risk is below a threshold certified by Learn-then-Test (`router`)."""
 
     features: Literal["minilm", "hidden_state"] = "minilm"
+    # gap: P(rung wrong, dense right) - P(rung right, dense wrong), the expected accuracy gap, which is
+    # what the drop adds up; harm: P(rung wrong, dense right) alone.
+    risk: Literal["gap", "harm"] = "gap"
     # Risk-model families compared by cross-validated log-loss on router-train; the best is kept.
     models: Annotated[list[Literal["base_rate", "task_rate", "knn", "logistic", "mlp"]], Field(min_length=1)] = [
         "base_rate", "task_rate", "knn", "logistic", "mlp"]

@@ -103,6 +103,9 @@ class Router(Strict):
     config_sha256: Sha256
     features: Literal["minilm", "hidden_state"]
     model: str  # the risk model chosen by cross-validation, e.g. knn:30, logistic:10, task_rate
+    # what the threshold is on: gap = P(rung wrong, dense right) - P(rung right, dense wrong);
+    # harm = P(rung wrong, dense right) (manifests before the gap risk hold harm)
+    risk: Literal["gap", "harm"] = "harm"
     candidates: list[str]  # rungs it may send a query to (Pareto front), cheapest first; dense is the fallback
     threshold: float | None  # route to the cheapest candidate with risk <= threshold; null: always dense
     target: Literal["accuracy", "budget"]
@@ -125,11 +128,12 @@ class Cascade(Strict):
 
 
 class Escalate(Strict):
-    """Route-then-escalate: the router's rung at `threshold`, then dense if its deferral risk > threshold."""
+    """Route-then-escalate: the router's rung at `threshold`, then dense if its deferral risk > `deferral_threshold`."""
 
     path: RelPath
     sha256: Sha256
     threshold: float | None  # null: always dense
+    deferral_threshold: float | None  # null with threshold null
     certificate: Certificate
     test_metrics: dict
 

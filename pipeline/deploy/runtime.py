@@ -22,10 +22,10 @@ Requests are bounded by the `serve` limits the manifest carries (`LadderRuntime(
 overrides them): see `pipeline/deploy/requests.py`.
 
 Strategies: `router` (the learned router picks one rung: the cheapest candidate whose predicted
-risk of being wrong where dense is right is <= the certified threshold), `cascade` (cheapest rung
+risk against dense, router.json's `risk`, is <= the certified threshold), `cascade` (cheapest rung
 first, escalate while 1 - its deferral risk is below the rung's threshold; a rung with no
 threshold is skipped), `escalate` (route-then-escalate: the router's rung, then dense if that
-rung's deferral risk is above the threshold), `rung=<name>` (always that rung). The task of a
+rung's deferral risk is above the deferral threshold), `rung=<name>` (always that rung). The task of a
 query (`task=`) is an input of the router and the deferral rule; an unknown or missing task uses
 their task-free estimate. Rungs load lazily, on first use. Costs are in the manifest's unit
 (`costs.unit`: FLOPs per query by default, ms under `cost.kind=latency`) and count every rung run.
@@ -62,7 +62,7 @@ class Answer:
     relative_cost: float  # cost / dense's
     unit: str
     rungs_tried: list[str] = field(default_factory=list)
-    router_risk: float | None = None  # router, escalate: predicted P(chosen rung wrong, dense right)
+    router_risk: float | None = None  # router, escalate: the chosen rung's predicted risk (router.json `risk`)
     context_tokens_cut: int = 0  # tokens cut from the left of the context to fit the limits
 
 
@@ -82,8 +82,9 @@ class CascadeRule:
 class EscalateRule:
     """Route-then-escalate as its checked thresholds file states it."""
 
-    threshold: float | None  # null: always dense
+    threshold: float | None  # the router's risk threshold; null: always dense
     candidates: list[str]
+    deferral_threshold: float | None  # escalate when the rung's deferral risk is above it
 
 
 def _stat_key(path: Path) -> tuple:
@@ -219,6 +220,8 @@ class LadderRuntime:
         return rule
 
     def _router_settings(self) -> dict:
+        from pipeline.routing.risk_models import RISKS
+
         f = self._router_files[1]
         meta = read_json(f)
         try:
@@ -227,6 +230,8 @@ class LadderRuntime:
             relative = cost["relative"]
         except (KeyError, TypeError) as exc:
             raise AssetError(f"{shown(f)}: not a router config (missing {exc})") from None
+        if meta.get("risk", "harm") not in RISKS:
+            raise AssetError(f"{shown(f)}: router risk {meta.get('risk')!r} is not one of {list(RISKS)}")
         names = {r.name: r for r in self.manifest.rungs}
         if not (isinstance(rungs, list) and rungs and rungs[0] == "dense" and all(r in names for r in rungs)
                 and isinstance(relative, list) and len(relative) == len(rungs)
@@ -238,6 +243,7 @@ class LadderRuntime:
         r, costs = self.manifest.router, self.manifest.costs
         pairs = [("router.threshold", r.threshold, threshold), ("router.features", r.features, kind),
                  ("router.candidates", r.candidates, candidates), ("router.model", r.model, model),
+                 ("router.risk", r.risk, meta.get("risk", "harm")),
                  ("router.target", r.target, meta.get("target")), ("costs.kind", costs.kind, cost.get("kind")),
                  ("costs.unit", costs.unit, cost.get("unit"))]
         if r.certificate is not None:
@@ -253,12 +259,15 @@ class LadderRuntime:
         f = self._escalate_file
         raw = read_json(f)
         try:
-            rule = EscalateRule(raw["threshold"], list(raw["candidates"]))
+            # ladder-escalate/1 files used one number for both thresholds
+            rule = EscalateRule(raw["threshold"], list(raw["candidates"]), raw.get("deferral_threshold", raw["threshold"]))
             epsilon, delta, n_cal = raw["epsilon"], raw["delta"], raw["n_calibration"]
         except (KeyError, TypeError) as exc:
             raise AssetError(f"{shown(f)}: not a route-then-escalate thresholds file (missing {exc})") from None
-        if not _finite_or_none(rule.threshold):
-            raise AssetError(f"{shown(f)}: threshold {rule.threshold!r} is not a finite number or null")
+        if not (_finite_or_none(rule.threshold) and _finite_or_none(rule.deferral_threshold)
+                and (rule.threshold is None) == (rule.deferral_threshold is None)):
+            raise AssetError(f"{shown(f)}: threshold {rule.threshold!r} / deferral_threshold {rule.deferral_threshold!r} "
+                             "are not both finite numbers or both null")
         if rule.candidates != self.router_meta["candidates"]:
             raise AssetError(f"{shown(f)}: built for router candidates {rule.candidates}, but the router's are "
                              f"{self.router_meta['candidates']}: rebuild it with `dvc repro escalate`")
@@ -269,6 +278,7 @@ class LadderRuntime:
                              f"{lacking}, which route-then-escalate starts at: rebuild with `dvc repro cascade`")
         e = self.manifest.escalate
         self._agree([("escalate.threshold", e.threshold, rule.threshold),
+                     ("escalate.deferral_threshold", e.deferral_threshold, rule.deferral_threshold),
                      ("escalate.certificate.epsilon", e.certificate.epsilon, epsilon),
                      ("escalate.certificate.delta", e.certificate.delta, delta),
                      ("escalate.certificate.calibration_size", e.certificate.calibration_size, n_cal)], f)
@@ -363,13 +373,14 @@ class LadderRuntime:
 
         from pipeline.routing.features import query_text
         from pipeline.routing.policies import route
+        from pipeline.routing.risk_models import risk_of
 
         model, meta, feat = self._load_router()
         cands = [meta["rungs"].index(r) for r in meta["candidates"]]
         if cands:
             x = feat([query_text(req.context, list(req.choices))], batch_size=1).double().numpy()
             t_idx = np.asarray([meta["tasks"].index(req.task) if req.task in meta["tasks"] else -1])
-            risk = model.predict(x, t_idx)
+            risk = risk_of(model.predict(x, t_idx), meta.get("risk", "harm"))  # ladder-router/2 files: harm
         else:
             risk = np.zeros((1, 0))
         k = int(route(risk, cands, -np.inf if threshold is None else threshold)[0])
@@ -438,7 +449,7 @@ class LadderRuntime:
         if start != "dense":  # t is a number here: with t null every query starts (and ends) at dense
             post = self._deferral_risk(start, rec, req.task)
             conf = 1.0 - post
-            if post > t:  # unsure: dense answers, and the query pays for both
+            if post > self.escalate.deferral_threshold:  # unsure: dense answers, and the query pays for both
                 tried.append("dense")
                 (rec, cut), conf = self._score("dense", req), 1.0
         k = self._answer_of(rec)

@@ -4,8 +4,8 @@ route-then-escalate, and the one-parameter families Learn-then-Test walks throug
 - **Pareto front**: a rung is a candidate only if no other rung is at most as dear and at least as
   accurate (one of the two strictly) on router-train, and it is cheaper than dense. Dense is
   always kept: it is the fallback. `unstructured` / N:M rungs cost what dense costs and drop out.
-- **Router rule**: send a query to the cheapest candidate whose predicted risk (P(rung wrong where
-  dense is right)) is <= t, else to dense. A larger t never makes a query's rung dearer, so the
+- **Router rule**: send a query to the cheapest candidate whose predicted risk against dense (the
+  expected accuracy gap, or P(rung wrong where dense is right): `risk_models.py`) is <= t, else to dense. A larger t never makes a query's rung dearer, so the
   family t_1 < t_2 < ... goes from conservative (all dense) to aggressive.
 - **Route-then-escalate**: the router's rung at threshold t runs first; it answers if its own
   deferral risk (the cascade's model, from its confidence signals + task) is <= t too, else dense
@@ -34,13 +34,14 @@ def pareto_front(accuracy: np.ndarray, cost: np.ndarray, dense: int = 0) -> list
 
 def risk_grid(oof_risk: np.ndarray, size: int) -> np.ndarray:
     """[size] thresholds on predicted risk, ascending: quantiles of the router-train out-of-fold
-    risks (every candidate pooled) at levels 1/size ... 1, each moved between two observed values."""
+    risks (every candidate pooled) at levels 1/size ... 1, each moved between two observed values.
+    Risks lie in [-1, 1] (a gap) or [0, 1] (a probability); the last member passes every candidate."""
     levels = np.arange(1, size + 1) / size
     if oof_risk.size == 0:  # no candidate: every threshold routes to dense
         return np.zeros(size)
     values = np.unique(oof_risk.ravel())
     th = np.asarray([between(values, q) for q in np.quantile(oof_risk.ravel(), levels)])
-    th[-1] = 1.0 + 1e-9  # risks are probabilities: the last member lets every candidate through
+    th[-1] = 1.0 + 1e-9  # no risk exceeds 1: the last member lets every candidate through
     return th
 
 

@@ -1,8 +1,13 @@
-"""Risk models: query -> per rung, P(the rung answers wrong where dense answers right).
+"""Risk models: query -> per rung, the risk of answering with the rung instead of dense.
 
-That probability (the *harm* of sending the query to the rung) is what routing must predict:
-the accuracy drop of a routing policy against dense is the mean over queries of harm - help, so
-a rung that is right where dense is right costs nothing, whatever its absolute accuracy.
+The accuracy drop of a routing policy against dense is the mean over queries of harm - help, where
+*harm* is 1[rung wrong, dense right] and *help* is 1[rung right, dense wrong]. So the risk that
+matters is the expected gap P(harm) - P(help) (`router.risk: gap`, the default): a rung that is
+right where dense is right costs nothing, whatever its absolute accuracy, and on a task where
+dense is no better than the rung (two-choice items near chance) harm and help cancel. With
+`router.risk: harm` the router predicts P(harm) alone, which ignores help. For the gap, a model
+is fitted to 2C binary targets (harm per candidate, then help per candidate) and the risk is the
+difference of its two halves (`risk_targets` / `risk_of`).
 
 Families (each `fit(x, task, y)` / `predict(x, task)`, x [N, D] query features, task [N] index
 into the known tasks (-1: unknown), y [N, R] harm of each candidate rung):
@@ -32,6 +37,27 @@ KNN_PSEUDO_COUNT = 5.0
 def log_loss(p: np.ndarray, y: np.ndarray) -> float:
     p = np.clip(p, EPS, 1 - EPS)
     return float(-(y * np.log(p) + (1 - y) * np.log1p(-p)).mean()) if y.size else float("nan")
+
+
+RISKS = ("gap", "harm")
+
+
+def risk_targets(correct: np.ndarray, candidates: list[int], kind: str) -> np.ndarray:
+    """What a risk model is fitted to, from correct [N, R] (column 0: dense): harm [N, C] of each
+    candidate rung, then (kind gap) its help [N, C], as floats."""
+    if kind not in RISKS:
+        raise ValueError(f"unknown router risk '{kind}'; allowed: {', '.join(RISKS)}")
+    dense, rung = correct[:, [0]], correct[:, candidates]
+    harm = ~rung & dense
+    return (harm if kind == "harm" else np.concatenate([harm, rung & ~dense], axis=1)).astype(np.float64)
+
+
+def risk_of(p: np.ndarray, kind: str) -> np.ndarray:
+    """The routing risk [N, C] from a model's outputs: P(harm), or P(harm) - P(help) for the gap."""
+    if kind == "harm":
+        return p
+    c = p.shape[1] // 2
+    return p[:, :c] - p[:, c:]
 
 
 def one_hot(task: np.ndarray, n_tasks: int) -> np.ndarray:
