@@ -12,7 +12,7 @@ export LADDER_PYTHON := $(BIN)/python
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup repro test params bench-ladder bench-eval bench-cascade bench-heal bench-scoring-text bench-calibration-mix bench-allocator-weights bench-router-risk compare-baselines clean
+.PHONY: setup repro test params bench-ladder bench-eval bench-cascade bench-heal bench-scoring-text bench-calibration-mix bench-allocator-weights bench-router-risk bench-saving-frontier compare-baselines clean
 
 setup: $(VENV)/.installed
 
@@ -61,6 +61,11 @@ bench-cascade: setup
 # P(harm) - P(help) or P(harm) alone, for every risk-model family (after `make repro`; ~2 min).
 bench-router-risk: setup
 	$(BIN)/python benchmarks/router_risk.py
+
+# What-if: the router re-run (as the stage runs it) on rung outcomes with a share of each rung's
+# losses against dense repaired; the certified test saving per share (after `make repro`; ~4 min).
+bench-saving-frontier: setup
+	$(BIN)/python benchmarks/saving_frontier.py --shares 0 0.025 0.05 0.1 0.2 --seeds 5
 
 # Healing recovery curve (held-out ppl on two sources, task accuracy vs tokens) of f60 and f40.
 bench-heal: setup
