@@ -36,18 +36,13 @@ def improved(correct: np.ndarray, share: float, seed: int) -> np.ndarray:
 
 def run_router(correct, cost, x, task, n_tasks, splits, rc, seed) -> dict:
     """The router stage's choices on these outcomes; test figures of the certified threshold."""
-    from pipeline.router import certify
+    from pipeline.router import certify, fit_risk_model
     from pipeline.routing import risk_models as RM
     from pipeline.routing.policies import pareto_front, risk_grid, route, routed_outcome
 
     tr, ca, te = (splits == s for s in ("router_train", "calibration", "test"))
     candidates = pareto_front(correct[tr].mean(0), cost)
-    y = RM.risk_targets(correct, candidates, rc.risk)
-    names = RM.candidate_names(rc)
-    cv, oof = RM.cross_validate(names, x[tr], task[tr], y[tr], n_tasks, rc, rc.folds, seed)
-    chosen = min(names, key=lambda m: (cv[m], names.index(m)))
-    p = RM.make(chosen, n_tasks, rc, seed).fit(x[tr], task[tr], y[tr]).predict(x, task)
-    p[tr] = oof[chosen]
+    chosen, _, _, p = fit_risk_model(x, task, RM.risk_targets(correct, candidates, rc.risk), tr, n_tasks, rc, seed)
     risk = RM.risk_of(p, rc.risk)
     grid = risk_grid(risk[tr], rc.grid)
     cert = certify(risk[ca], correct[ca], cost, candidates, grid, "accuracy", rc.epsilon, rc.delta, rc.budget, seed)

@@ -70,6 +70,21 @@ def certify(risk, correct, cost, candidates, grid, target: str, epsilon: float, 
             "calibration_drop": float(dense_ok.mean()) - rows[j][2]}
 
 
+def fit_risk_model(x, task, targets, train, n_tasks: int, rc, seed: int):
+    """The risk model chosen by cross-validated log-loss on the router-train queries (`train`),
+    refitted on all of them: (name, model, CV log-loss per candidate, outputs [N, targets] for every
+    query, out-of-fold on router-train, which is what the threshold grid is fixed on)."""
+    from pipeline.routing import risk_models as RM
+
+    names = RM.candidate_names(rc)
+    cv, oof = RM.cross_validate(names, x[train], task[train], targets[train], n_tasks, rc, rc.folds, seed)
+    chosen = min(names, key=lambda m: (cv[m], names.index(m)))
+    model = RM.make(chosen, n_tasks, rc, seed).fit(x[train], task[train], targets[train])
+    p = model.predict(x, task)
+    p[train] = oof[chosen]
+    return chosen, model, cv, p
+
+
 def test_report(risk, correct, cost, candidates, grid, threshold, rungs, epsilon, seed) -> tuple[dict, dict, list]:
     """Test-split figures of the router and every baseline, with 95% bootstrap intervals, and the
     curve (one point per grid threshold, with its accuracy interval)."""
@@ -171,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         task = task_indices(o.tasks, tasks)
         targets = RM.risk_targets(o.correct, candidates, rc.risk)  # [N, C] harm (+ [N, C] help for the gap)
         harm = targets[:, :len(candidates)]
-        help_ = (o.correct[:, candidates] & ~o.correct[:, [0]]).astype(np.float64)
+        help_ = RM.risk_targets(o.correct, candidates, "gap")[:, len(candidates):]  # reported in both modes
 
         feat = Featurizer(rc.features, Path(args.ladder_dir) / "dense" if rc.features == "hidden_state" else None,
                           placement=cfg.model)
@@ -182,13 +197,8 @@ def main(argv: list[str] | None = None) -> None:
         overhead_ms = (time.perf_counter() - t0) / min(20, len(texts)) * 1000
 
         y = targets[tr]
-        model_names = RM.candidate_names(rc)
         if candidates:
-            cv, oof = RM.cross_validate(model_names, x[tr], task[tr], y, len(tasks), rc, rc.folds, cfg.seed)
-            chosen_name = min(model_names, key=lambda m: (cv[m], model_names.index(m)))
-            model = RM.make(chosen_name, len(tasks), rc, cfg.seed).fit(x[tr], task[tr], y)
-            p = model.predict(x, task)
-            p[tr] = oof[chosen_name]  # router-train gets out-of-fold risks: what the grid is fixed on
+            chosen_name, model, cv, p = fit_risk_model(x, task, targets, tr, len(tasks), rc, cfg.seed)
             risk = RM.risk_of(p, rc.risk)
             reference = RM.TaskRate(len(tasks)).fit(x[tr], task[tr], y)
             fit = {s: {"log_loss": RM.log_loss(p[m], targets[m]),
