@@ -27,17 +27,21 @@ def main() -> int:
     speed = json.loads((art / "speed" / "speed.json").read_text())["rungs"] if (art / "speed/speed.json").exists() else {}
 
     print("| rung | parent | layers | hidden | KV x q/KV | MLP | FLOPs/token x dense | params | "
-          "compensation error before → after | seconds (allocate / cut+compensate / heal) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "compensation error before → after | dropped-run error before → after | "
+          "seconds (allocate / cut+compensate / heal) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rungs:
         p, c = rep[r], rep[r]["counts"]
         comp = p.get("compensation") or {}
         err = (f"{comp['mean_error_before']:.3f} → {comp['mean_error_after']:.3f}"
                if comp.get("mean_error_before") is not None else "-")
+        runs = (comp.get("depth") or {}).get("layers") or []  # mean over the kept layers refitted
+        depth = (f"{sum(x['error_before'] for x in runs) / len(runs):.3f} → "
+                 f"{sum(x['error_after'] for x in runs) / len(runs):.3f} ({len(runs)})" if runs else "-")
         s = read_timings(art / "timings" / "prune" / f"{r}.json") or p.get("seconds") or {}  # older builds: the report
         secs = " / ".join(str(s.get(k, "-")) for k in ("allocate", "cut_and_compensate", "heal")) if s else "-"
         print(f"| `{r}` | {p['parent'] or '-'} | {c['layers']} | {c['hidden']} | {c['kv_heads']} x {c['q_heads']} "
-              f"| {c['mlp']} | {p['relative']['flops']:.3f} | {p['params'] / 1e6:.1f}M | {err} | {secs} |")
+              f"| {c['mlp']} | {p['relative']['flops']:.3f} | {p['params'] / 1e6:.1f}M | {err} | {depth} | {secs} |")
     print()
     d = met["dense"]
     d_above = d["tasks"]["mean"]["above_chance"]

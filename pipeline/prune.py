@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> None:
             comp = ladder.compensation
             t = time.perf_counter()
             cut_report = cut_to(model, parent, structure, arch, imp,
-                                blocks[: comp.blocks] if comp.enabled else None, comp.enabled, comp.damping, comp.bias)
+                                blocks[: comp.blocks] if comp.enabled else None, comp.enabled, comp.damping, comp.bias,
+                                depth=(blocks[: comp.depth_blocks], comp.depth_damping) if comp.enabled and comp.depth else None)
             model, stored_as = storable_model(model)  # a Llama head count LlamaConfig refuses: as Mistral
             seconds["cut_and_compensate"] = round(time.perf_counter() - t, 1)
             seconds.update({f"cut/{k}": v for k, v in cut_report.pop("seconds").items()})

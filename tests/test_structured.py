@@ -53,9 +53,9 @@ def structure(arch: Arch, **units) -> Structure:
     return s
 
 
-def cut(m, target, compensate=False, blocks=None, imp=None, bias=False):
+def cut(m, target, compensate=False, blocks=None, imp=None, bias=False, depth=None):
     arch = Arch.from_config(m.config)
-    return cut_to(m, Structure.dense(arch), target, arch, imp, blocks, compensate, 0.0, bias)
+    return cut_to(m, Structure.dense(arch), target, arch, imp, blocks, compensate, 0.0, bias, depth=depth)
 
 
 def test_removing_zero_query_heads_is_exact(tmp_path):
@@ -138,6 +138,54 @@ def test_dropping_an_identity_layer_is_exact_and_renumbers(tmp_path):
     for _ in range(6):
         seq = torch.cat([seq, logits(r, seq)[:, -1:].argmax(-1)], dim=1)
     assert torch.equal(out, seq)
+
+
+def kl_to(parent_logits, model, x):
+    p = parent_logits.log_softmax(-1)
+    return float((p.exp() * (p - logits(model, x).log_softmax(-1))).sum(-1).mean())
+
+
+def test_depth_compensation_reproduces_a_layer_that_adds_nothing():
+    m = tiny()
+    with torch.no_grad():  # layer 2 is the identity: the fit must give layer 1 its own weights back
+        m.model.layers[2].self_attn.o_proj.weight.zero_()
+        m.model.layers[2].mlp.down_proj.weight.zero_()
+    before, w = logits(m), m.model.layers[1].mlp.down_proj.weight.clone()
+    rep = cut(m, structure(Arch.from_config(m.config), layers=[0, 1, 3]), depth=(BLOCKS, 0.0))
+    [r] = rep["depth"]["layers"]
+    assert r["layer"] == 1 and r["dropped_after"] == 1 and r["error_after"] < 1e-12
+    assert_same(m.model.layers[1].mlp.down_proj.weight, w, atol=1e-9)
+    assert_same(logits(m), before, atol=1e-9)
+
+
+def test_depth_compensation_recovers_part_of_what_a_dropped_run_added():
+    parent = tiny()
+    ref = logits(parent, BLOCKS[:2])
+    target = structure(Arch.from_config(parent.config), layers=[0, 3])  # drop the run 1, 2
+    plain, fitted, ridged = tiny(), tiny(), tiny()
+    for m in (plain, fitted, ridged):
+        m.load_state_dict(parent.state_dict())
+    cut(plain, target)
+    rep = cut(fitted, target, depth=(BLOCKS, 0.01))
+    [r] = rep["depth"]["layers"]
+    assert r["dropped_after"] == 2 and r["error_after"] < r["error_before"]
+    assert kl_to(ref, fitted, BLOCKS[:2]) < kl_to(ref, plain, BLOCKS[:2])
+    # The ridge pulls towards the layer's own weights: a huge damping changes nothing.
+    cut(ridged, target, depth=(BLOCKS, 1e12))
+    assert_same(logits(ridged), logits(plain), atol=1e-6)
+
+
+def test_depth_compensation_skips_layers_before_the_first_kept_one_and_composes_with_width(tmp_path):
+    m = tiny()
+    arch = Arch.from_config(m.config)
+    imp = measure_importance(m, BLOCKS, desc="stats")
+    target = structure(arch, layers=[1, 3], hidden=[c for c in range(D) if c % 8 != 3],
+                       mlp={l: list(range(I - 8)) for l in range(L)})
+    rep = cut(m, target, compensate=True, blocks=BLOCKS, imp=imp, depth=(BLOCKS, 0.1))
+    assert [r["layer"] for r in rep["depth"]["layers"]] == [1]  # layer 0 is gone with nothing before it
+    r = roundtrip(m, tmp_path)
+    assert r.config.num_hidden_layers == 2 and r.config.hidden_size == D - 6
+    assert torch.isfinite(logits(r)).all()
 
 
 def test_gqa_grouping_preserved_when_heads_differ_per_layer(tmp_path):

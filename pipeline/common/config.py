@@ -368,6 +368,11 @@ class CompensationConfig(Strict):
     damping: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01  # x mean diagonal of the Gram matrix
     bias: bool = False  # also refit a bias (Llama only: switches on attention_bias / mlp_bias)
     blocks: PositiveInt = 32  # calibration blocks for the sequential pass
+    # Dropped layers: refit the down_proj of the layer before each dropped run (ReplaceMe-style),
+    # ridge towards its own weights (damping x mean diagonal of the Gram matrix).
+    depth: bool = True
+    depth_damping: Annotated[float, Field(ge=0.0)] = 1.0
+    depth_blocks: PositiveInt = 120
 
 
 class HealConfig(Strict):

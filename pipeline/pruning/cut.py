@@ -3,7 +3,9 @@
 Order, coarse to fine: whole layers, then hidden channels (both rewrite the model as a whole),
 then the consumer granularities (attention heads, MLP channels), layer by layer, with the
 consumer projections refitted by least squares on the activations of the model as pruned so far
-(`pipeline/pruning/compensation.py`), or simply sliced when compensation is off. Finally every
+(`pipeline/pruning/compensation.py`), or simply sliced when compensation is off. Then the layer
+before each run of dropped layers has its `down_proj` refitted to add what the run added
+(`pipeline/pruning/depth_compensation.py`). Finally every
 granularity writes its count into the HF config, so `save_pretrained` + `from_pretrained` give
 the same model.
 """
@@ -17,6 +19,7 @@ from torch import nn
 
 from pipeline.models.architecture import bias_flags, decoder_layers, model_type_of
 from pipeline.pruning.compensation import cut_layers_sequentially
+from pipeline.pruning.depth_compensation import dropped_runs, refit_across_runs
 from pipeline.pruning.granularity import registry
 from pipeline.pruning.slicing import with_bias
 from pipeline.pruning.structure import Arch, Structure
@@ -34,9 +37,13 @@ def consumers() -> list:
 
 @torch.no_grad()
 def cut_to(model: nn.Module, current: Structure, target: Structure, arch: Arch, imp, blocks: torch.Tensor | None,
-           compensate: bool, damping: float, fit_bias: bool) -> dict:
-    """Physically cut `model` (shaped like `current`) to `target`; return what was done and how well."""
+           compensate: bool, damping: float, fit_bias: bool, depth: tuple[torch.Tensor, float] | None = None) -> dict:
+    """Physically cut `model` (shaped like `current`) to `target`; return what was done and how well.
+
+    `depth`: (calibration blocks, damping) to compensate dropped layers; None leaves them as cut."""
     t0 = time.perf_counter()
+    runs = dropped_runs(model, current, target) if depth is not None else {}
+    parent_hidden = list(current["hidden"])
     for g in registry():
         if g.consumer is None:
             g.remove(model, current, target, arch, imp)
@@ -51,6 +58,14 @@ def cut_to(model: nn.Module, current: Structure, target: Structure, arch: Arch, 
     else:
         for g in consumers():
             g.remove(model, current, target, arch, imp)
+    t2 = time.perf_counter()
+    depth_report: list[dict] = []
+    if runs:
+        where = {h: i for i, h in enumerate(parent_hidden)}
+        pos = torch.tensor([where[h] for h in target["hidden"]])
+        depth_report = refit_across_runs(model, runs, pos, len(parent_hidden), depth[0], depth[1])
+        for r in depth_report:  # by base index, as every other report names layers
+            r["layer"] = target["layers"][r["layer"]]
     counts = target.counts()
     for g in registry():
         g.update_config(model.config, counts, arch)
@@ -71,5 +86,9 @@ def cut_to(model: nn.Module, current: Structure, target: Structure, arch: Arch, 
         "mean_error_before": sum(before) / len(before) if before else None,
         "mean_error_after": sum(after) / len(after) if after else None,
         "layers": layers_report,
-        "seconds": {"whole_model_cuts": round(t1 - t0, 2), "layer_cuts": round(time.perf_counter() - t1, 2)},
+        "depth": {"compensation": "down_proj refit before each dropped run" if depth_report else "none",
+                  "damping": None if depth is None else depth[1],
+                  "calibration_tokens": 0 if depth is None else int(depth[0].numel()), "layers": depth_report},
+        "seconds": {"whole_model_cuts": round(t1 - t0, 2), "layer_cuts": round(t2 - t1, 2),
+                    "depth_refit": round(time.perf_counter() - t2, 2)},
     }
