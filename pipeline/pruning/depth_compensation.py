@@ -72,11 +72,12 @@ def refit_across_runs(model: nn.Module, runs: dict[int, list[nn.Module]], hidden
                 for hidden, kwargs in inputs:
                     out = _out(layer(hidden, **kwargs))
                     h = out.new_zeros(*out.shape[:-1], parent_hidden)
-                    h[..., hidden_pos] = out
+                    pos_here = hidden_pos.to(out.device)
+                    h[..., pos_here] = out
                     for dropped in runs[pos]:
                         h = _out(dropped(h, **kwargs))
                     a = caught["a"].reshape(-1, caught["a"].shape[-1]).double()
-                    r = (h[..., hidden_pos] - caught["y"]).reshape(-1, out.shape[-1]).double()
+                    r = (h[..., pos_here] - caught["y"]).reshape(-1, out.shape[-1]).double()
                     G = a.T @ a if G is None else G + a.T @ a
                     C = a.T @ r if C is None else C + a.T @ r
                     rr += float((r * r).sum())
