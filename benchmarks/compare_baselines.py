@@ -2,11 +2,13 @@
 
     make compare-baselines                      # depth_only and width_only
     python benchmarks/compare_baselines.py --presets depth_only --previous /path/to/old/artifacts
+    python benchmarks/compare_baselines.py --presets depth_only no_depth:ladder.compensation.depth=false
 
 Needs the default pipeline built (`dvc repro`). Each baseline preset (`ladder=depth_only`:
 ShortGPT-style layer dropping; `ladder=width_only`: heads and MLP channels, every layer kept) is
 built and evaluated with the same stage entry points, outside DVC, under
-`artifacts/baselines/<preset>/`, reusing the default build's base, data, calibration, teacher and
+`artifacts/baselines/<preset>/`; a preset `LABEL:KEY=VALUE[,KEY=VALUE...]` is the default config
+with those Hydra overrides (e.g. the ladder before a change that a config key turns off); reusing the default build's base, data, calibration, teacher and
 dense rung, so compensation and healing are the default ladder's. `--previous DIR` adds a column
 for another build's rungs (its `artifacts/ladder/`, e.g. the ladder rebuilt from the commit before
 a change), re-evaluated by today's evaluate stage on today's items.
@@ -15,7 +17,7 @@ Prints, per budget rung: FLOPs x dense, held-out perplexity on LAMBADA and on th
 (SQuAD Wikipedia paragraphs, which no stage calibrates or heals on), mean acc_norm over the tasks
 with its standard error, the share of dense's above-chance accuracy kept, and prefill and decode
 time relative to dense, timed interleaved in this one process (every checkpoint in a different
-rotation each round). Writes the table to artifacts/baselines/comparison.md.
+rotation each round), and each ladder's acc_norm minus the default ladder's, paired over items. Writes the table to artifacts/baselines/comparison.md.
 """
 
 from __future__ import annotations
@@ -36,12 +38,19 @@ def run(*args: str) -> None:
     subprocess.run([sys.executable, "-m", *args], check=True)
 
 
+def preset_overrides(preset: str) -> tuple[str, list[str]]:
+    """(label, Hydra overrides): `depth_only` -> ladder=depth_only; `label:a=1,b=2` -> [a=1, b=2]."""
+    label, sep, rest = preset.partition(":")
+    return (label, rest.split(",")) if sep else (preset, [f"ladder={preset}"])
+
+
 def build(preset: str) -> tuple[Path, Path]:
     """Build and evaluate the preset's rungs (skipping ones already evaluated); (ladder dir, eval dir)."""
-    d = ROOT / preset
+    label, overrides = preset_overrides(preset)
+    d = ROOT / label
     d.mkdir(parents=True, exist_ok=True)
     params = d / "params.yaml"
-    run("pipeline.params", f"ladder={preset}", "tracking=disabled", "--out", str(params))
+    run("pipeline.params", *overrides, "tracking=disabled", "--out", str(params))
     ladder, evals = d / "ladder", d / "eval"
     ladder.mkdir(exist_ok=True)
     if not (ladder / "dense").exists():
@@ -108,6 +117,11 @@ def _perplexity_only(rung_dir: Path, out: Path) -> None:
                                                   "tasks": None}, indent=2) + "\n")
 
 
+def records(eval_dir: Path) -> list[dict] | None:
+    f = eval_dir / "records.jsonl"
+    return [json.loads(line) for line in f.read_text().splitlines()] if f.exists() else None
+
+
 def facts(rung_dir: Path, eval_dir: Path) -> dict | None:
     if not (eval_dir / "metrics.json").exists():
         return None
@@ -117,7 +131,7 @@ def facts(rung_dir: Path, eval_dir: Path) -> dict | None:
     return {"dir": rung_dir, "flops": rep["relative"]["flops"], "ppl": m["perplexity"]["perplexity"],
             "ppl_other": (m.get("perplexity_other") or {}).get("perplexity"),
             "acc": mean["acc_norm"], "se": mean.get("acc_norm_se"), "above": mean.get("above_chance"),
-            "smoke": (rep.get("smoke") or {}).get("completion", "").strip()}
+            "smoke": (rep.get("smoke") or {}).get("completion", "").strip(), "records": records(eval_dir)}
 
 
 def time_all(dirs: dict[str, Path], repeats: int, prompt_tokens: int = 256, decode_tokens: int = 16) -> dict:
@@ -146,19 +160,21 @@ def time_all(dirs: dict[str, Path], repeats: int, prompt_tokens: int = 256, deco
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--presets", nargs="*", default=["depth_only", "width_only"])
+    ap.add_argument("--presets", nargs="*", default=["depth_only", "width_only"],
+                    help="ladder configs (conf/ladder/<name>.yaml), or LABEL:KEY=VALUE[,KEY=VALUE...] overrides")
     ap.add_argument("--previous", type=Path, help="another build's ladder/ directory (its rungs are re-evaluated)")
     ap.add_argument("--previous-tasks", action="store_true",
                     help="re-score the previous rungs on the tasks too (minutes a rung); default: perplexity only")
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
+    from heal_curve import paired_acc_norm_diff
 
     rungs = [r for r in yaml.safe_load(Path("params.yaml").read_text())["rungs"] if r != "dense"]
     columns = {"new": (Path("artifacts/ladder"), Path("artifacts/eval"))}
     if args.previous:
         columns["previous"] = import_previous(args.previous, rungs, args.previous_tasks)
     for p in args.presets:
-        columns[p] = build(p)
+        columns[preset_overrides(p)[0]] = build(p)
     dense = facts(Path("artifacts/ladder/dense"), Path("artifacts/eval/dense"))
     table = {r: {c: facts(lad / r, ev / r) for c, (lad, ev) in columns.items()} for r in rungs}
     dirs = {"dense": dense["dir"], **{f"{c}/{r}": f["dir"] for r, row in table.items() for c, f in row.items() if f}}
@@ -169,18 +185,23 @@ def main() -> int:
              f"{dense['acc']:.3f} ± {dense['se']:.3f}, above chance {dense['above']:.3f}; prefill "
              f"{d_pre:.1f} ms (256 tokens), decode {d_dec:.2f} ms/token (median of {args.repeats}, interleaved).",
              "", "| rung | ladder | FLOPs x | ppl LAMBADA | ppl other (x dense) | mean acc_norm ± SE | above-chance kept "
-             "| prefill x | decode x | smoke |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| − new (paired SE) | prefill x | decode x | smoke |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r, row in table.items():
+        new = row.get("new")
         for c, f in row.items():
             if f is None:
-                lines.append(f"| `{r}` | {c} | - | - | - | - | - | - | - | not built |")
+                lines.append(f"| `{r}` | {c} | - | - | - | - | - | - | - | - | not built |")
                 continue
+            paired = ""
+            if c != "new" and new and new["records"] and f["records"]:
+                diff, diff_se = paired_acc_norm_diff(f["records"], new["records"])
+                paired = f"{diff:+.3f} ({diff_se:.3f})"
             pre, dec = speed[f"{c}/{r}"]
             other = f"{f['ppl_other']:.1f} ({f['ppl_other'] / dense['ppl_other']:.2f}x)" if f["ppl_other"] else "-"
             kept = f"{f['above'] / dense['above']:.0%}" if f["above"] is not None else "-"
             se = f" ± {f['se']:.3f}" if f["se"] is not None else ""
             acc = f"{f['acc']:.3f}{se}" if f["acc"] is not None else "not re-scored"
-            lines.append(f"| `{r}` | {c} | {f['flops']:.3f} | {f['ppl']:.1f} | {other} | {acc} | {kept} "
+            lines.append(f"| `{r}` | {c} | {f['flops']:.3f} | {f['ppl']:.1f} | {other} | {acc} | {kept} | {paired} "
                          f"| {pre / d_pre:.2f} | {dec / d_dec:.2f} | {f['smoke'][:40]!r} |")
     text = "\n".join(lines)
     print(text)
